@@ -1,0 +1,40 @@
+# selfsup: `make run` sets everything up and runs the main job; `make test` sets everything up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+
+.PHONY: run test setup data browser bench clean help
+
+help:
+	@echo "make run    set up (.venv, Fashion-MNIST) and pretrain SimCLR for 5 minutes, then evaluate"
+	@echo "make test   set up and run the test suite"
+	@echo "make bench  run the benchmarks (minutes to hours; writes docs/benchmarks.md)"
+
+$(BIN)/selfsup: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+setup: $(BIN)/selfsup
+
+# Fashion-MNIST: Debian's package when we may install it, else torchvision's download (scripts/get-data.sh says which).
+data: setup
+	@sh scripts/get-data.sh $(BIN)
+
+run: data
+	$(BIN)/selfsup run --data fashion-mnist --method simclr --minutes 5 $(ARGS)
+
+test: data
+	@# pytest exits 5 when it collects nothing: say so instead of passing silently.
+	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: check tests/ and ARGS"; fi; exit $$rc
+
+bench: data
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/quality_at_budget.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,203 @@
+"""The `selfsup` command line: run, pretrain, eval, methods, data, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from selfsup.errors import SelfSupError
+
+RUN_EXAMPLES = """\
+examples:
+  selfsup run                                          # SimCLR on Fashion-MNIST, 5 minutes, then evaluate
+  selfsup run --data synthetic --steps 3 --limit 512   # a smoke test in seconds
+  selfsup run --minutes 15 --seed 1 --labels 100
+  selfsup run --backbone resnet18 --set train.lr=0.5 --set method.temperature=0.5
+  selfsup run --data ~/Pictures/cats-and-dogs          # an image folder (one sub-folder per class)
+  selfsup run --config configs/simclr-fashion-mnist.yaml
+  selfsup run --resume runs/20261123-140000-simclr-fashion-mnist   # continue after Ctrl-C or a crash
+"""
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="source name (fashion-mnist, cifar10, cifar100, stl10, synthetic) or an image folder path")
+    p.add_argument("--method", help="method name (see `selfsup methods`); default simclr")
+    p.add_argument("--backbone", choices=["small-cnn", "resnet18"], help="backbone network; default small-cnn")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="pretraining budget in minutes (default 5)")
+    budget.add_argument("--epochs", type=float, help="pretraining budget in epochs")
+    budget.add_argument("--steps", type=int, help="pretraining budget in optimizer steps")
+    p.add_argument("--labels", type=int, help="labels in the few-label experiment (default 200, class-balanced)")
+    p.add_argument("--seed", type=int, help="seed for weights, data order, views and the label split (default 0)")
+    p.add_argument("--limit", type=int, help="use only N training images (quick tries)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--out", help="run folder to create (default runs/<date-time>-<method>-<data>)")
+    p.add_argument("--config", help="YAML config file (see configs/); flags and --set override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=0.3 (repeatable; `selfsup config` lists keys)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+
+
+def config_tree(args: argparse.Namespace) -> dict:
+    """The config keys given as flags, as a nested dict (None flags are left out)."""
+    flags = {
+        ("data", "name"): args.data, ("method", "name"): args.method, ("model", "backbone"): args.backbone,
+        ("train", "minutes"): args.minutes, ("train", "epochs"): args.epochs, ("train", "steps"): args.steps,
+        ("eval", "labels"): args.labels, ("train", "seed"): args.seed, ("data", "limit"): args.limit,
+        ("train", "device"): args.device,
+    }
+    tree: dict = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            tree.setdefault(section, {})[key] = value
+    return tree
+
+
+def cmd_run(args: argparse.Namespace, evaluate_after: bool) -> int:
+    from selfsup.config import load_config
+    from selfsup.run import evaluate_run, pretrain, read_run_config
+
+    if args.resume:
+        given = [k for k, v in config_tree(args).items()] + (["set"] if args.set else []) + \
+                (["config"] if args.config else []) + (["out"] if args.out else [])
+        if given:
+            raise SelfSupError(f"--resume continues the run as saved in {args.resume}/config.yaml; "
+                               f"drop the other options ({', '.join(given)})")
+        cfg = read_run_config(args.resume)
+        run_dir, result = pretrain(cfg, resume_dir=args.resume, progress=not args.no_progress)
+    else:
+        cfg = load_config(config_tree(args), args.set, args.config)
+        run_dir, result = pretrain(cfg, out=args.out, progress=not args.no_progress)
+    if result.interrupted:
+        print(f"interrupted at step {result.steps}; the checkpoint is saved. Continue with:\n"
+              f"  selfsup {args.command} --resume {run_dir}")
+        return 130
+    if evaluate_after:
+        print("evaluating (frozen features; baselines measured in the same run) ...")
+        evaluate_run(run_dir)
+        print()
+        print((run_dir / "results.md").read_text())
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from selfsup.run import evaluate_run
+
+    protocols = args.protocols.split(",") if args.protocols else None
+    evaluate_run(args.run_dir, labels=args.labels, protocols=protocols)
+    print()
+    print((Path(args.run_dir) / "results.md").read_text())
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from selfsup.methods import METHODS
+
+    rows = [(m.name, m.family, m.paper, str(m.year)) for m in METHODS.values()]
+    widths = [max(len(r[i]) for r in rows + [("name", "family", "paper", "year")]) for i in range(4)]
+    for row in [("name", "family", "paper", "year")] + rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from selfsup.data import sources
+
+    if args.action == "list":
+        for name, text in sources.SOURCES.items():
+            print(f"{name:15s} {text}")
+        return 0
+    if not args.name:
+        raise SelfSupError(f"`selfsup data {args.action}` needs a source name, e.g. `selfsup data {args.action} fashion-mnist`")
+    if args.action == "info":
+        print(json.dumps(sources.info(args.name), indent=2))
+    else:
+        print(sources.fetch(args.name))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from selfsup.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, describe
+    from selfsup.methods import METHODS
+    from selfsup.views.recipes import ViewsConfig
+
+    if args.method not in METHODS:
+        raise SelfSupError(f"unknown method '{args.method}'; known methods: {', '.join(sorted(METHODS))}")
+    sections = [("data", DataConfig), ("views", ViewsConfig), ("model", ModelConfig),
+                ("method", METHODS[args.method].Config), ("train", TrainConfig), ("eval", EvalConfig)]
+    for name, cls in sections:
+        print(f"{name}:")
+        print("\n".join(describe(cls, name)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Learn image representations without labels, then measure them with a few labels.",
+        epilog=textwrap.dedent("""\
+            commands:
+              run       pretrain, then evaluate (kNN, linear probe, few-label with both baselines)
+              pretrain  pretrain only
+              eval      evaluate the encoder of a run folder
+              methods   list the methods with their papers
+              data      list sources, show what is where, fetch a data set
+              config    list every config key with its default and advice
+
+            `selfsup COMMAND --help` shows the options and examples of each command."""))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("run", help="pretrain then evaluate", epilog=RUN_EXAMPLES, formatter_class=raw,
+                       description="Pretrain a method on unlabeled images, then evaluate its frozen backbone.")
+    add_run_options(p)
+    p = sub.add_parser("pretrain", help="pretrain only", formatter_class=raw,
+                       epilog=RUN_EXAMPLES.replace("selfsup run", "selfsup pretrain"),
+                       description="Pretrain and export encoder.safetensors, without evaluation.")
+    add_run_options(p)
+    p = sub.add_parser("eval", help="evaluate a run folder", formatter_class=raw,
+                       description="Evaluate the frozen encoder of a run folder; writes eval.json and results.md.",
+                       epilog="examples:\n  selfsup eval runs/20261123-140000-simclr-fashion-mnist\n"
+                              "  selfsup eval RUN_DIR --labels 100 --protocols few-label\n")
+    p.add_argument("run_dir", help="a folder made by `selfsup run` or `selfsup pretrain`")
+    p.add_argument("--labels", type=int, help="labels in the few-label experiment (default: the run's, 200)")
+    p.add_argument("--protocols", help="comma-separated subset of knn,linear,few-label")
+    sub.add_parser("methods", help="list methods", description="List the registered methods with family, paper and year.",
+                   epilog="example:\n  selfsup methods\n", formatter_class=raw)
+    p = sub.add_parser("data", help="data sources", formatter_class=raw,
+                       description="List data sources, show where a source's files are, or fetch (download) one.",
+                       epilog="examples:\n  selfsup data list\n  selfsup data info fashion-mnist\n"
+                              "  selfsup data fetch fashion-mnist\n")
+    p.add_argument("action", choices=["list", "info", "fetch"])
+    p.add_argument("name", nargs="?", help="source name or folder path")
+    p = sub.add_parser("config", help="list config keys", formatter_class=raw,
+                       description="List every config key with its default and advice (for --set and YAML files).",
+                       epilog="examples:\n  selfsup config\n  selfsup config --method simclr\n")
+    p.add_argument("--method", default="simclr", help="show the keys of this method's section")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handlers = {"run": lambda a: cmd_run(a, True), "pretrain": lambda a: cmd_run(a, False), "eval": cmd_eval,
+                "methods": cmd_methods, "data": cmd_data, "config": cmd_config}
+    try:
+        return handlers[args.command](args)
+    except SelfSupError as e:
+        print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nselfsup: aborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Typed configuration: dataclasses with a help text per field, YAML files and dotted `--set key=value` overrides.
+
+Every field is declared with `opt(default, "help")`; the help says what the paper used and how to tune it.
+Unknown keys, wrong types and impossible values raise SelfSupError naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.errors import SelfSupError
+
+
+def opt(default: Any, help: str, **checks: Any) -> Any:
+    """A config field with its help text; `choices=[...]`, `min=`, `max=` are checked on load."""
+    meta = {"help": help, **checks}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    name: str = opt("fashion-mnist", "Source name (fashion-mnist, cifar10, cifar100, stl10, synthetic) or an image folder path.")
+    limit: int | None = opt(None, "Use only the first N training images (after a seeded shuffle); None uses all. For quick tries.", min=1)
+    image_size: int = opt(32, "Side in pixels that folder images are resized to (named sources keep their own size).", min=8)
+    synthetic_size: int = opt(6000, "Number of training images the synthetic source generates (test: a sixth of it).", min=10)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = opt("small-cnn", "Backbone network.", choices=["small-cnn", "resnet18"])
+    width: int = opt(32, "Base channel width of small-cnn (doubles twice, so features have 4*width dims). resnet18 ignores it.", min=4)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = opt(256, "Images per step (SimCLR: 256-4096; small batches work with a lower temperature).", min=2)
+    epochs: float | None = opt(None, "Budget in passes over the data. Exactly one of epochs, steps, minutes is used.", min=0)
+    steps: int | None = opt(None, "Budget in optimizer steps.", min=1)
+    minutes: float | None = opt(5.0, "Budget in wall-clock minutes: the step time is measured and the cosine schedule ends at the budget.", min=0)
+    optimizer: str = opt("lars", "Optimizer: LARS (SimCLR's choice for large batches), SGD with momentum, or AdamW.", choices=["lars", "sgd", "adamw"])
+    lr: float = opt(0.3, "Base learning rate for batch 256, scaled linearly with batch size (SimCLR: 0.3 x batch/256 with LARS).", min=0)
+    weight_decay: float = opt(1e-6, "Weight decay (SimCLR with LARS: 1e-6; SGD: 5e-4; AdamW: 0.05).", min=0)
+    momentum: float = opt(0.9, "Momentum for SGD and LARS.", min=0, max=1)
+    warmup_fraction: float = opt(0.05, "Share of the budget spent in linear learning-rate warm-up (SimCLR: 10 of 100+ epochs).", min=0, max=0.5)
+    min_lr_fraction: float = opt(0.0, "Learning rate at the end of the cosine, as a fraction of the peak.", min=0, max=1)
+    seed: int = opt(0, "Seed for initialization, data order and views.")
+    device: str = opt("auto", "Device: auto (cuda if present), cpu, cuda, cuda:N.")
+    precision: str = opt("auto", "auto (bf16 autocast on a CUDA device that supports it, else fp32), fp32 or bf16.", choices=["auto", "fp32", "bf16"])
+    threads: int | None = opt(None, "CPU threads for PyTorch; None keeps PyTorch's default (one per core).", min=1)
+    checkpoint_minutes: float = opt(5.0, "Write checkpoints/last.pt this often (and always at the end or on Ctrl-C).", min=0)
+    log_every: int = opt(20, "Write a line to metrics.jsonl every N steps.", min=1)
+    compile: bool = opt(False, "torch.compile the method (helps on GPU; slow to start on CPU).")
+    channels_last: bool = opt(False, "Use channels_last memory format (faster convolutions on recent GPUs).")
+
+
+@dataclass
+class EvalConfig:
+    labels: int = opt(200, "Labels in the few-label experiment, class-balanced (200 on 10 classes = 20 per class).", min=1)
+    knn_k: int = opt(200, "Neighbours in the kNN monitor (Wu et al. 2018: k=200).", min=1)
+    knn_temperature: float = opt(0.1, "Temperature of the kNN vote weights exp(sim/T) (Wu et al. 2018: 0.1).", min=1e-6)
+    scratch_epochs: int = opt(200, "Epochs over the labelled images for the from-scratch supervised baseline.", min=1)
+    batch_size: int = opt(512, "Batch size for feature extraction.", min=1)
+    protocols: list = opt(["knn", "linear", "few-label"], "Evaluations to run after pretraining.")
+
+
+def config_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
+
+
+def coerce(key: str, value: Any, f: dataclasses.Field, hints: dict[str, Any]) -> Any:
+    """Check one value against a field's type and limits; returns the value converted, or raises SelfSupError."""
+    tp = hints[f.name]
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise SelfSupError(f"config key '{key}' cannot be empty; give a {_type_name(tp)}")
+    converted = _MISSING = object()
+    for o in options:
+        if o is type(None):
+            continue
+        base = typing.get_origin(o) or o
+        if base is bool and isinstance(value, bool):
+            converted = value
+        elif base is int and isinstance(value, int) and not isinstance(value, bool):
+            converted = value
+        elif base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            converted = float(value)
+        elif base is str and isinstance(value, str):
+            converted = value
+        elif base in (list, tuple) and isinstance(value, (list, tuple)):
+            converted = base(value)
+        elif base is list and isinstance(value, str):
+            converted = [v for v in value.split(",") if v]
+        if converted is not _MISSING:
+            break
+    if converted is _MISSING:
+        raise SelfSupError(f"config key '{key}' must be {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+    meta = f.metadata
+    if "choices" in meta:
+        items = converted if isinstance(converted, list) else [converted]
+        for item in items:
+            if item not in meta["choices"]:
+                raise SelfSupError(f"config key '{key}' must be one of {', '.join(map(str, meta['choices']))}; got {item!r}")
+    if isinstance(converted, (int, float)) and not isinstance(converted, bool):
+        if "min" in meta and converted < meta["min"]:
+            raise SelfSupError(f"config key '{key}' must be >= {meta['min']}, got {converted}")
+        if "max" in meta and converted > meta["max"]:
+            raise SelfSupError(f"config key '{key}' must be <= {meta['max']}, got {converted}")
+    return converted
+
+
+def build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass `cls` from a plain dict, rejecting unknown keys and checking types."""
+    if not isinstance(values, dict):
+        raise SelfSupError(f"config section '{prefix}' must be a mapping of keys to values, got {values!r}")
+    fields = config_fields(cls)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise SelfSupError(
+            f"unknown config key '{prefix}.{unknown[0]}'; known keys in '{prefix}': {', '.join(fields)}"
+        )
+    kwargs = {k: coerce(f"{prefix}.{k}", v, fields[k], hints) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=0.3' -> (['train', 'lr'], 0.3); the value is read as YAML so numbers, lists and null work."""
+    if "=" not in text:
+        raise SelfSupError(f"--set takes key=value (e.g. --set train.lr=0.3), got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def merge(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SelfSupError(f"config key '{'.'.join(path)}' goes inside a value that is not a section")
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise SelfSupError(f"config file {p} does not exist; give the path of a YAML file (see configs/ for examples)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SelfSupError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SelfSupError(f"config file {p} must hold a mapping (section: {{key: value}}), not {type(data).__name__}")
+    return data
+
+
+SECTIONS = ("data", "views", "model", "method", "train", "eval")
+BUDGET_KEYS = ("epochs", "steps", "minutes")
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of a run; saved as config.yaml in the run folder."""
+
+    data: DataConfig
+    views: Any  # selfsup.views.recipes.ViewsConfig
+    model: ModelConfig
+    method: Any  # the chosen method's own config dataclass (a MethodConfig subclass)
+    train: TrainConfig
+    eval: EvalConfig
+
+
+def load_config(tree: dict | None = None, overrides: list[str] = (), file: str | Path | None = None) -> Config:
+    """Resolve a Config from a YAML file, then a dict (e.g. from CLI flags), then `--set` overrides, in that order."""
+    from selfsup.methods import METHODS
+    from selfsup.views.recipes import ViewsConfig
+
+    merged: dict = {}
+    layers = [read_yaml(file) if file else {}, tree or {}]
+    over: dict = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        merge(over, path, value)
+    layers.append(over)
+    budget_given = None
+    for layer in layers:
+        unknown = sorted(set(layer) - set(SECTIONS))
+        if unknown:
+            raise SelfSupError(f"unknown config section '{unknown[0]}'; sections are: {', '.join(SECTIONS)}")
+        for section, values in layer.items():
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise SelfSupError(f"config section '{section}' must be a mapping of keys to values, got {values!r}")
+            if section == "train" and any(values.get(k) is not None for k in BUDGET_KEYS):
+                # A budget given in a later layer replaces the earlier one: one unit at a time.
+                budget_given = {k: values.get(k) for k in BUDGET_KEYS}
+            merged.setdefault(section, {}).update(values)
+    if budget_given is not None:
+        merged["train"].update(budget_given)
+    train = build(TrainConfig, merged.get("train", {}), "train")
+    if sum(getattr(train, k) is not None for k in BUDGET_KEYS) != 1:
+        raise SelfSupError("give exactly one training budget: train.epochs, train.steps or train.minutes (e.g. --minutes 5)")
+    method_values = dict(merged.get("method", {}))
+    name = method_values.get("name", "simclr")
+    if name not in METHODS:
+        raise SelfSupError(f"unknown method '{name}'; known methods: {', '.join(sorted(METHODS))} (see `selfsup methods`)")
+    return Config(
+        data=build(DataConfig, merged.get("data", {}), "data"),
+        views=build(ViewsConfig, merged.get("views", {}), "views"),
+        model=build(ModelConfig, merged.get("model", {}), "model"),
+        method=build(METHODS[name].Config, method_values, "method"),
+        train=train,
+        eval=build(EvalConfig, merged.get("eval", {}), "eval"),
+    )
+
+
+def describe(cls: type, prefix: str) -> list[str]:
+    """One line per field: key, default and help, for `selfsup config`."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  {prefix}.{f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,229 @@
+"""A run is a folder: config.yaml, env.json, metrics.jsonl, checkpoints/, encoder.safetensors, eval.json, results.md.
+
+This module turns a Config into such a folder (pretrain, then evaluate) and reads one back (eval, resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from torch import nn
+
+import selfsup
+from selfsup.checkpoint import atomic_write, export_encoder, load_encoder
+from selfsup.config import Config, load_config, to_dict
+from selfsup.data import sources
+from selfsup.data.sources import ImageSet
+from selfsup.data.splits import holdout
+from selfsup.errors import SelfSupError
+from selfsup.evaluate.protocol import evaluate
+from selfsup.methods import METHODS, Method
+from selfsup.nets.backbones import build_backbone, channel_stats
+from selfsup.train import TrainResult, check_batch, resolve_device, train
+from selfsup.views.recipes import build as build_views
+
+
+def load_data(cfg: Config) -> tuple[ImageSet, ImageSet]:
+    """(train, test) for the run: train limited to data.limit images (seeded choice); a folder gets a 20% hold-out."""
+    d = cfg.data
+    options = {"n": d.synthetic_size} if d.name == "synthetic" else {}
+    train = sources.load(d.name, "train", image_size=d.image_size, seed=cfg.train.seed, **options)
+    try:
+        test = sources.load(d.name, "test", image_size=d.image_size, seed=cfg.train.seed,
+                            **({"n": max(10, d.synthetic_size // 6)} if options else {}))
+    except SelfSupError:
+        if Path(d.name).exists():  # an image folder has no test split: hold out a fifth of it, stratified
+            train, test = holdout(train, 0.2, cfg.train.seed)
+        else:
+            raise
+    if d.limit is not None and d.limit < len(train):
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        train = train.subset(torch.randperm(len(train), generator=g)[:d.limit].sort().values)
+    return train, test
+
+
+def backbone_factory(cfg: Config, channels: int, mean: list[float], std: list[float]) -> Callable[[], nn.Module]:
+    """A function that builds the run's backbone architecture with fresh weights (used for baselines too)."""
+    return lambda: build_backbone(cfg.model.backbone, channels, cfg.model.width, mean, std)
+
+
+def build_method(cfg: Config, train: ImageSet) -> tuple[Method, Callable[[], nn.Module]]:
+    """The configured method on a fresh backbone normalized with the training images' statistics."""
+    mean, std = channel_stats(train.images)
+    make_backbone = backbone_factory(cfg, train.channels, mean, std)
+    torch.manual_seed(cfg.train.seed)
+    views = build_views(cfg.views, train.channels, train.size)
+    method = METHODS[cfg.method.name](make_backbone(), views, cfg.method)
+    return method, make_backbone
+
+
+def check_config(cfg: Config, train: ImageSet) -> None:
+    """Impossible values that need the data to be known, reported as one line with the fix."""
+    check_batch(cfg.train.batch_size, len(train))
+    labelled = int((train.labels >= 0).sum())
+    if "few-label" in cfg.eval.protocols and labelled and cfg.eval.labels > labelled:
+        raise SelfSupError(f"eval.labels={cfg.eval.labels} but only {labelled} training images have labels; "
+                           f"use --labels {labelled} or fewer")
+
+
+def new_run_dir(cfg: Config, out: str | Path | None) -> Path:
+    """runs/<date-time>-<method>-<data>/ (or `out` as given); never reuses a folder that holds a run."""
+    if out is not None:
+        path = Path(out)
+        if (path / "config.yaml").exists():
+            raise SelfSupError(f"{path} already holds a run; resume it with `selfsup run --resume {path}` "
+                               "or choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    data = Path(cfg.data.name).name if Path(cfg.data.name).exists() else cfg.data.name
+    base = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.method.name}-{data}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    path.mkdir(parents=True)
+    return path
+
+
+def environment(device: torch.device) -> dict:
+    """Versions, machine and code revision, saved with every run so its numbers can be traced."""
+    src = Path(selfsup.__file__).resolve().parent.parent
+    revision, dirty = None, None
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+                                  timeout=5).stdout.strip() or None
+        if revision:
+            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                                        capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "selfsup": selfsup.__version__, "git_revision": revision, "git_dirty": dirty,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": __import__("torchvision").__version__, "numpy": __import__("numpy").__version__,
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path | None = None,
+             progress: bool = True, log: Callable[[str], None] = print) -> tuple[Path, TrainResult]:
+    """Pretrain into a new run folder (or continue the one in resume_dir); exports encoder.safetensors."""
+    train_set, _ = load_data(cfg)
+    check_config(cfg, train_set)
+    if resume_dir is None:
+        run_dir = new_run_dir(cfg, out)
+        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+        write_json(run_dir / "env.json", environment(resolve_device(cfg.train.device)))
+    else:
+        run_dir = Path(resume_dir)
+    method, _ = build_method(cfg, train_set)
+    log(f"run folder: {run_dir}")
+    log(f"data: {train_set.name} {len(train_set)} images {tuple(train_set.images.shape[1:])} from {train_set.origin}")
+    log(f"method: {cfg.method.name}, backbone {cfg.model.backbone} ({method.backbone.dim}-d features), "
+        f"views: {', '.join(getattr(method, 'views').names) if hasattr(method, 'views') else '-'}")
+    for note in train_set.notes:
+        log(f"note: {note}")
+    result = train(method, train_set.images, cfg.train, run_dir, resume=resume_dir is not None, progress=progress)
+    export_encoder(run_dir / "encoder.safetensors", method.backbone, {
+        "backbone": cfg.model.backbone, "width": cfg.model.width, "in_channels": train_set.channels,
+        "dim": method.backbone.dim, "method": cfg.method.name, "step": result.steps,
+    })
+    summary = {"steps": result.steps, "total_steps": result.total_steps, "seconds": round(result.seconds, 1),
+               "images_per_s": round(result.images_per_second, 1), "final_loss": result.final_loss,
+               "interrupted": result.interrupted}
+    write_json(run_dir / "train.json", summary)
+    log(f"pretraining {'stopped' if result.interrupted else 'done'}: {result.steps}/{result.total_steps} steps in "
+        f"{result.seconds / 60:.1f} min, {result.images_per_second:.0f} images/s, final loss {result.final_loss:.4f}")
+    return run_dir, result
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise SelfSupError(f"{run_dir} is not a run folder (no config.yaml); give a folder made by `selfsup run`")
+    return load_config(file=path)
+
+
+def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list[str] | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Evaluate the encoder of a finished run folder; writes eval.json and results.md there."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    if labels is not None:
+        cfg.eval.labels = labels
+    if protocols is not None:
+        cfg.eval.protocols = protocols
+    encoder = run_dir / "encoder.safetensors"
+    if not encoder.is_file():
+        raise SelfSupError(f"{run_dir} has no encoder.safetensors yet; finish pretraining with "
+                           f"`selfsup run --resume {run_dir}`")
+    train_set, test_set = load_data(cfg)
+    check_config(cfg, train_set)
+    state, _ = load_encoder(encoder)
+    make_backbone = backbone_factory(cfg, train_set.channels, [0.0] * train_set.channels, [1.0] * train_set.channels)
+    backbone = make_backbone()
+    backbone.load_state_dict(state)  # includes the normalization statistics saved at pretraining
+    fresh = backbone_factory(cfg, train_set.channels, backbone.normalize.mean.flatten().tolist(),
+                             backbone.normalize.std.flatten().tolist())
+    device = resolve_device(cfg.train.device)
+    t0 = time.perf_counter()
+    result = evaluate(backbone, fresh, train_set, test_set, cfg.eval, cfg.train.seed, device, run_dir, log)
+    result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    write_json(run_dir / "eval.json", result)
+    table = results_table(cfg, result, run_dir)
+    atomic_write(run_dir / "results.md", lambda tmp: Path(tmp).write_text(table))
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
+    """results.md: the three rows of the few-label experiment beside kNN and the all-label linear probe."""
+    if "skipped" in result:
+        return f"# {run_dir.name}\n\nEvaluation skipped: {result['skipped']}.\n"
+    knn, lin, few = result.get("knn", {}), result.get("linear", {}), result.get("few_label", {})
+    n = few.get("labels", cfg.eval.labels)
+    train_info = {}
+    train_json = run_dir / "train.json"
+    if train_json.exists():
+        train_info = json.loads(train_json.read_text())
+    lines = [
+        f"# {run_dir.name}",
+        "",
+        f"{cfg.method.name} on {result['data']['name']} ({result['data']['train']} training images, "
+        f"{result['data']['test']} test images), backbone {cfg.model.backbone}, seed {cfg.train.seed}"
+        + (f", pretrained {train_info['steps']} steps in {train_info['seconds'] / 60:.1f} min" if train_info else "")
+        + ".",
+        "",
+        f"| features | kNN top-1 (k={knn.get('k', cfg.eval.knn_k)}) | linear, all labels | few-label, {n} labels |",
+        "|---|---|---|---|",
+        f"| SSL ({cfg.method.name}), frozen | {_pct(knn.get('top1'))} | {_pct(lin.get('top1'))} | {_pct(few.get('ssl'))} |",
+        f"| random init, frozen | {_pct(knn.get('random_init_top1'))} | {_pct(lin.get('random_init_top1'))} | "
+        f"{_pct(few.get('random_init'))} |",
+        f"| supervised from scratch on the {n} labels | — | — | {_pct(few.get('supervised_scratch'))} |",
+        "",
+        "Accuracies are top-1 on the test split. Frozen rows use the same linear probe (L-BFGS logistic regression, "
+        "weight decay chosen by cross-validation on the training labels only).",
+        "",
+    ]
+    return "\n".join(lines)

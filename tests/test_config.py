@@ -1,0 +1,53 @@
+"""Config: YAML + flags + --set, with one-line errors for every kind of bad input."""
+
+import pytest
+
+from selfsup.config import load_config, to_dict
+from selfsup.errors import SelfSupError
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.5\n  epochs: 3\nmethod:\n  name: simclr\n  temperature: 0.3\n")
+    cfg = load_config({"train": {"seed": 4}}, ["train.lr=0.1", "views.crop_scale=[0.3, 1.0]"], path)
+    assert cfg.train.lr == 0.1 and cfg.train.seed == 4 and cfg.method.temperature == 0.3
+    # The file gave a budget in epochs: it replaces the default minutes budget.
+    assert cfg.train.epochs == 3.0 and cfg.train.minutes is None
+    assert tuple(cfg.views.crop_scale) == (0.3, 1.0)
+    assert to_dict(cfg)["train"]["lr"] == 0.1
+
+
+def test_a_later_budget_replaces_an_earlier_one(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    cfg = load_config({"train": {"steps": 10}}, [], path)
+    assert cfg.train.steps == 10 and cfg.train.epochs is None and cfg.train.minutes is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.lrr=0.1"], "unknown config key 'train.lrr'"),
+    (["trian.lr=0.1"], "unknown config section 'trian'"),
+    (["train.lr=fast"], "config key 'train.lr' must be float"),
+    (["train.batch_size=0"], "must be >= 2"),
+    (["train.optimizer=adam"], "must be one of lars, sgd, adamw"),
+    (["method.name=nope"], "unknown method 'nope'"),
+    (["method.temperature=-1"], "must be >= 0.0001"),
+    (["train.lr"], "--set takes key=value"),
+    (["train.steps=10", "train.minutes=3"], "exactly one training budget"),
+    (["model.backbone=vgg"], "must be one of small-cnn, resnet18"),
+])
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(SelfSupError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config({}, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(SelfSupError, match="does not exist"):
+        load_config(file=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(SelfSupError, match="not valid YAML"):
+        load_config(file=bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(SelfSupError, match="must hold a mapping"):
+        load_config(file=bad)
