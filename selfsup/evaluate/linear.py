@@ -45,8 +45,16 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
         loss.backward()
         return loss
 
-    with torch.enable_grad():
-        opt.step(closure)
+    # Small problems run faster on one thread: L-BFGS makes many tiny matmuls, and waking a thread pool
+    # for each costs more than the matmul (seconds instead of milliseconds on a busy 2-core machine).
+    threads = torch.get_num_threads()
+    if x.numel() < 4_000_000:
+        torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():
+            opt.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     return LinearModel(w.detach(), b.detach(), mean, std)
 
 

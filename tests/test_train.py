@@ -1,0 +1,114 @@
+"""The training loop: budgets, checkpoints, exact resume, stop requests."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from selfsup.checkpoint import load_checkpoint
+from selfsup.config import load_config
+from selfsup.data import sources
+from selfsup.errors import SelfSupError
+from selfsup.run import build_method
+from selfsup.train import Budget, StopRequest, train
+
+
+def tiny_setup(steps: int, seed: int = 0, optimizer: str = "lars"):
+    cfg = load_config({"data": {"name": "synthetic"}, "model": {"width": 4},
+                       "train": {"steps": steps, "batch_size": 16, "seed": seed, "optimizer": optimizer,
+                                 "log_every": 1, "device": "cpu"}})
+    data = sources.load("synthetic", "train", n=96, seed=0)
+    method, _ = build_method(cfg, data)
+    return cfg, data, method
+
+
+def weights(method):
+    return {k: v.clone() for k, v in method.state_dict().items()}
+
+
+def interrupt_after(method, monkeypatch, k: int) -> None:
+    """Send ourselves SIGINT (a Ctrl-C) at the end of step k, as a user would."""
+    original = method.on_step_end
+
+    def hook(step, total):
+        original(step, total)
+        if step == k:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(method, "on_step_end", hook)
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "adamw"])
+def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer):
+    # Uninterrupted: 9 steps, crossing an epoch boundary (96 images / 16 = 6 steps per epoch).
+    cfg, data, method = tiny_setup(9, optimizer=optimizer)
+    train(method, data.images, cfg.train, tmp_path / "full", progress=False)
+    full = weights(method)
+
+    cfg, _, first = tiny_setup(9, optimizer=optimizer)
+    interrupt_after(first, monkeypatch, 4)
+    result = train(first, data.images, cfg.train, tmp_path / "split", progress=False)
+    assert result.interrupted and result.steps == 4
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 4
+
+    cfg, _, resumed = tiny_setup(9, optimizer=optimizer)  # a new process would build everything afresh
+    torch.manual_seed(123)  # the global RNG is restored from the checkpoint, whatever it is now
+    result = train(resumed, data.images, cfg.train, tmp_path / "split", resume=True, progress=False)
+    assert result.steps == 9 and not result.interrupted
+    for k, v in weights(resumed).items():
+        assert torch.equal(v, full[k]), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 10))
+
+
+def test_stop_request_saves_at_a_step_boundary(tmp_path, monkeypatch):
+    cfg, data, method = tiny_setup(50)
+    interrupt_after(method, monkeypatch, 3)
+    result = train(method, data.images, cfg.train, tmp_path, progress=False)
+    assert result.interrupted and result.steps == 3
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 3 and state["total_steps"] == 50
+    for k, v in method.state_dict().items():
+        assert torch.equal(state["method"][k], v.cpu())
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    cfg, data, method = tiny_setup(2)
+    train(method, data.images, cfg.train, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert {"method", "optimizer", "step", "total_steps", "rng", "elapsed"} <= set(state)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    cfg, data, method = tiny_setup(2)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SelfSupError, match="cannot be read"):
+        train(method, data.images, cfg.train, tmp_path, resume=True, progress=False)
+
+
+def test_minutes_budget_replans_from_measured_step_time():
+    cfg = load_config({"train": {"minutes": 1.0}})
+    budget = Budget.plan(cfg.train, steps_per_epoch=100)
+    assert budget.seconds == 60
+    budget.replan(step=10, elapsed=5.0, seconds_per_step=0.5)
+    assert budget.total_steps == 10 + 110
+    budget.replan(step=200, elapsed=61.0, seconds_per_step=0.5)
+    assert budget.total_steps == 201  # over budget: stop after this step
+
+
+def test_batch_larger_than_data_is_an_error(tmp_path):
+    cfg, data, method = tiny_setup(2)
+    cfg.train.batch_size = 1000
+    with pytest.raises(SelfSupError, match="larger than the data"):
+        train(method, data.images, cfg.train, tmp_path, progress=False)
+
+
+def test_stop_request_second_signal_aborts():
+    stop = StopRequest()
+    stop._handle(2, None)
+    assert stop.requested
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(2, None)
