@@ -1,0 +1,107 @@
+"""Throughput of the `simclr` views: the batched recipe against torchvision.transforms.v2 per sample in a DataLoader.
+
+    python bench/views.py --sizes 28 32 96 --batch 256
+Prints images per second (each image yields two views) and writes nothing. Both sides get the same CPU: the
+recipe runs in this process with --threads torch threads, torchvision in --workers DataLoader workers (one
+thread each, PyTorch's default in workers). Inputs are random uint8 images, which cost the same as real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torchvision.transforms.v2 as T
+from torch.utils.data import DataLoader, Dataset
+
+from selfsup.views.recipes import ViewsConfig, build
+
+
+class TwoViews(Dataset):
+    """uint8 images -> (view, view) through a per-sample torchvision pipeline, as a classic SimCLR loader does."""
+
+    def __init__(self, images: torch.Tensor, transform: T.Transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[i]), self.transform(self.images[i])
+
+
+def torchvision_pipeline(cfg: ViewsConfig, channels: int, size: int) -> T.Transform:
+    """The same ops and parameters as the simclr recipe, from torchvision.transforms.v2."""
+    s = cfg.color_strength
+    steps = [T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio), antialias=False),
+             T.RandomHorizontalFlip(cfg.flip_p)]
+    if channels == 3:
+        steps += [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=cfg.color_p),
+                  T.RandomGrayscale(cfg.gray_p)]
+    else:
+        steps += [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s)], p=cfg.color_p)]
+    blur_p = cfg.blur_p if cfg.blur_p is not None else (0.5 if size >= 64 else 0.0)
+    if blur_p > 0:
+        k = max(3, int(0.1 * size)) | 1
+        steps.append(T.RandomApply([T.GaussianBlur(k, sigma=(0.1, 2.0))], p=blur_p))
+    steps.append(T.ToDtype(torch.float32, scale=True))
+    return T.Compose(steps)
+
+
+def bench_recipe(images: torch.Tensor, size: int, batch: int, batches: int) -> float:
+    """Images per second of the batched simclr recipe (two views per image)."""
+    recipe = build(ViewsConfig(), images.shape[1], size)
+    g = torch.Generator().manual_seed(0)
+    recipe(images[:batch], g)  # warm-up: first calls allocate
+    start = time.perf_counter()
+    for i in range(batches):
+        idx = torch.arange(i * batch, (i + 1) * batch) % len(images)
+        recipe(images[idx], g)
+    return batches * batch / (time.perf_counter() - start)
+
+
+def bench_torchvision(images: torch.Tensor, size: int, batch: int, batches: int, workers: int) -> float:
+    """Images per second of torchvision v2 per sample in a DataLoader (two views per image)."""
+    ds = TwoViews(images, torchvision_pipeline(ViewsConfig(), images.shape[1], size))
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0,
+                        drop_last=True)
+    it = iter(loader)
+    next(it)  # warm-up: worker start-up is not augmentation time
+    start = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        try:
+            x1, _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x1, _ = next(it)
+        n += len(x1)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[28, 32, 96])
+    p.add_argument("--channels", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for torchvision")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the recipe (default: PyTorch's)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"simclr views, batch {args.batch}, images/s (2 views each); recipe on {torch.get_num_threads()} "
+          f"thread(s), torchvision v2 per sample in {args.workers} DataLoader workers")
+    print(f"{'size':>5} {'ch':>3} {'recipe':>10} {'torchvision':>12} {'speed-up':>9}")
+    for size in args.sizes:
+        for c in args.channels:
+            images = torch.randint(0, 256, (4 * args.batch, c, size, size), dtype=torch.uint8,
+                                   generator=torch.Generator().manual_seed(0))
+            ours = bench_recipe(images, size, args.batch, args.batches)
+            theirs = bench_torchvision(images, size, args.batch, max(2, args.batches // 3), args.workers)
+            print(f"{size:>5} {c:>3} {ours:>10.0f} {theirs:>12.0f} {ours / theirs:>8.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
