@@ -226,4 +226,7 @@ def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
         "weight decay chosen by cross-validation on the training labels only).",
         "",
     ]
+    if knn and "random_init_top1" not in knn:
+        lines += ["Random-init kNN and all-label probe not measured (about a minute more): "
+                  "`--set eval.random_init_all_labels=true`.", ""]
     return "\n".join(lines)

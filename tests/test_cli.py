@@ -29,6 +29,7 @@ def test_run_produces_a_complete_run_folder(tmp_path):
         assert 0.0 <= value <= 1.0
     assert result["few_label"]["labels"] == 50
     assert "few-label, 50 labels" in r.stdout and "random init" in r.stdout
+    assert "random_init_top1" not in result["knn"]  # the all-label random-init rows are opt-in
     torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] == torch.__version__

@@ -49,52 +49,60 @@ def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train
     train_f = extract(backbone, train.images, cfg.batch_size, device)
     test_f = extract(backbone, test.images, cfg.batch_size, device)
     # The random-init baseline: same architecture, weights drawn under the run's seed, frozen like the SSL one.
+    # Its features are needed for the few-label split only, unless the all-label rows are asked for too.
     torch.manual_seed(seed)
     random_net = fresh_backbone()
-    random_train_f = extract(random_net, train.images, cfg.batch_size, device)
+    few_split = few_label_split(train.labels, cfg.labels, seed) if "few-label" in cfg.protocols else None
+    all_labels = cfg.random_init_all_labels or few_split is None
+    random_train_f = extract(random_net, train.images if all_labels else train.images[few_split], cfg.batch_size, device)
     random_test_f = extract(random_net, test.images, cfg.batch_size, device)
     result["seconds"]["features"] = round(time.perf_counter() - t0, 2)
 
     if "knn" in cfg.protocols:
         t0 = time.perf_counter()
-        args = (train.labels, test_f, test.labels, num_classes, cfg.knn_k, cfg.knn_temperature)
-        top1 = knn_top1(train_f, *args)
-        random_top1 = knn_top1(random_train_f, train.labels, random_test_f, *args[2:])
-        result["knn"] = {"top1": top1, "random_init_top1": random_top1, "k": cfg.knn_k,
-                         "temperature": cfg.knn_temperature}
+        top1 = knn_top1(train_f, train.labels, test_f, test.labels, num_classes, cfg.knn_k, cfg.knn_temperature)
+        result["knn"] = {"top1": top1, "k": cfg.knn_k, "temperature": cfg.knn_temperature}
+        message = f"kNN (k={cfg.knn_k}) top-1: SSL {top1:.4f}"
+        if all_labels:
+            result["knn"]["random_init_top1"] = knn_top1(random_train_f, train.labels, random_test_f, test.labels,
+                                                         num_classes, cfg.knn_k, cfg.knn_temperature)
+            message += f", random init {result['knn']['random_init_top1']:.4f}"
         result["seconds"]["knn"] = round(time.perf_counter() - t0, 2)
-        log(f"kNN (k={cfg.knn_k}) top-1: SSL {top1:.4f}, random init {random_top1:.4f}")
+        log(message)
 
     if "linear" in cfg.protocols:
         t0 = time.perf_counter()
-        ssl = linear_probe(train_f, train.labels, test_f, test.labels, num_classes, seed=seed)
-        random = linear_probe(random_train_f, train.labels, random_test_f, test.labels, num_classes, seed=seed)
-        result["linear"] = {**ssl, "random_init_top1": random["top1"], "random_init": random}
+        result["linear"] = linear_probe(train_f, train.labels, test_f, test.labels, num_classes, seed=seed)
+        message = f"linear probe, all {len(train)} labels, top-1: SSL {result['linear']['top1']:.4f}"
+        if all_labels:
+            random = linear_probe(random_train_f, train.labels, random_test_f, test.labels, num_classes, seed=seed)
+            result["linear"].update(random_init_top1=random["top1"], random_init=random)
+            message += f", random init {random['top1']:.4f}"
         result["seconds"]["linear"] = round(time.perf_counter() - t0, 2)
-        log(f"linear probe, all {len(train)} labels, top-1: SSL {ssl['top1']:.4f}, random init {random['top1']:.4f}")
+        log(message)
 
     if "few-label" in cfg.protocols:
         t0 = time.perf_counter()
-        result["few_label"] = few_label((train_f, test_f), (random_train_f, random_test_f), fresh_backbone, train,
-                                        test, num_classes, cfg, seed, device, run_dir, log)
+        random_split_f = random_train_f[few_split] if all_labels else random_train_f
+        result["few_label"] = few_label(few_split, (train_f[few_split], test_f), (random_split_f, random_test_f),
+                                        fresh_backbone, train, test, num_classes, cfg, seed, device, run_dir, log)
         result["seconds"]["few_label"] = round(time.perf_counter() - t0, 2)
     return result
 
 
-def few_label(ssl_features: tuple[torch.Tensor, torch.Tensor], random_features: tuple[torch.Tensor, torch.Tensor],
-              fresh_backbone: Callable[[], nn.Module], train: ImageSet, test: ImageSet, num_classes: int,
-              cfg: EvalConfig, seed: int, device: torch.device, run_dir: str | Path | None,
-              log: Callable[[str], None]) -> dict:
-    """The few-label experiment with both baselines; features are (train, test) pairs for all labelled images."""
-    split = few_label_split(train.labels, cfg.labels, seed)
+def few_label(split: torch.Tensor, ssl_features: tuple[torch.Tensor, torch.Tensor],
+              random_features: tuple[torch.Tensor, torch.Tensor], fresh_backbone: Callable[[], nn.Module],
+              train: ImageSet, test: ImageSet, num_classes: int, cfg: EvalConfig, seed: int, device: torch.device,
+              run_dir: str | Path | None, log: Callable[[str], None]) -> dict:
+    """The few-label experiment with both baselines; features are (split images, test images) pairs."""
     split_file = None
     if run_dir is not None:
         split_file = "split.json"
         save_split(Path(run_dir) / split_file, split, {"labels": cfg.labels, "seed": seed, "data": train.name})
     y = train.labels[split]
-    ssl = linear_probe(ssl_features[0][split], y, ssl_features[1], test.labels, num_classes, seed=seed)
+    ssl = linear_probe(ssl_features[0], y, ssl_features[1], test.labels, num_classes, seed=seed)
     log(f"few-label ({cfg.labels} labels) SSL linear probe: {ssl['top1']:.4f}")
-    random = linear_probe(random_features[0][split], y, random_features[1], test.labels, num_classes, seed=seed)
+    random = linear_probe(random_features[0], y, random_features[1], test.labels, num_classes, seed=seed)
     log(f"few-label random-init linear probe: {random['top1']:.4f}")
 
     torch.manual_seed(seed)

@@ -20,7 +20,7 @@ def train_from_scratch(backbone: nn.Module, num_classes: int, images: torch.Tens
     200 labels and no pretraining. Hyperparameters are fixed, not tuned on the test split.
     """
     torch.manual_seed(seed)
-    model = nn.Sequential(backbone, nn.Linear(backbone.dim, num_classes)).to(device)
+    model = nn.Sequential(backbone, nn.Linear(backbone.dim, num_classes)).to(device, memory_format=torch.channels_last)
     views = build_views(ViewsConfig(recipe="supervised"), images.shape[1], images.shape[-1], n_views=1)
     g = torch.Generator(device=device).manual_seed(seed)
     order_gen = torch.Generator().manual_seed(seed)

@@ -1,0 +1,41 @@
+"""Writing benchmark numbers into docs/benchmarks.md: one section per benchmark, with machine, command and date."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEvery number here was printed by the command shown with it. Sections are rewritten by their benchmark.\n"
+
+
+def machine() -> str:
+    """One line describing where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def write_section(key: str, title: str, body: str) -> None:
+    """Replace (or append) the section `key` of docs/benchmarks.md."""
+    DOC.parent.mkdir(exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else HEADER
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], DOC.parent.parent)] + sys.argv[1:])
+    section = (f"<!-- {key} -->\n## {title}\n\n- date: {date.today().isoformat()}\n- machine: {machine()}\n"
+               f"- command: `{command}`\n\n{body.rstrip()}\n<!-- /{key} -->\n")
+    pattern = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    DOC.write_text(text)
