@@ -1,7 +1,7 @@
 """Throughput of the `simclr` views: the batched recipe against torchvision.transforms.v2 per sample in a DataLoader.
 
     python bench/views.py --sizes 28 32 96 --batch 256
-Prints images per second (each image yields two views) and writes nothing. Both sides get the same CPU: the
+Prints images per second (each image yields two views) and writes the table into docs/benchmarks.md. Both sides get the same CPU: the
 recipe runs in this process with --threads torch threads, torchvision in --workers DataLoader workers (one
 thread each, PyTorch's default in workers). Inputs are random uint8 images, which cost the same as real ones.
 """
@@ -9,13 +9,18 @@ thread each, PyTorch's default in workers). Inputs are random uint8 images, whic
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.views.recipes import ViewsConfig, build
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_section  # noqa: E402
 
 
 class TwoViews(Dataset):
@@ -94,6 +99,7 @@ def main() -> None:
     print(f"simclr views, batch {args.batch}, images/s (2 views each); recipe on {torch.get_num_threads()} "
           f"thread(s), torchvision v2 per sample in {args.workers} DataLoader workers")
     print(f"{'size':>5} {'ch':>3} {'recipe':>10} {'torchvision':>12} {'speed-up':>9}")
+    rows = []
     for size in args.sizes:
         for c in args.channels:
             images = torch.randint(0, 256, (4 * args.batch, c, size, size), dtype=torch.uint8,
@@ -101,6 +107,11 @@ def main() -> None:
             ours = bench_recipe(images, size, args.batch, args.batches)
             theirs = bench_torchvision(images, size, args.batch, max(2, args.batches // 3), args.workers)
             print(f"{size:>5} {c:>3} {ours:>10.0f} {theirs:>12.0f} {ours / theirs:>8.1f}x", flush=True)
+            rows.append(f"| {size} | {c} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.1f}x |")
+    write_section("views", "Views: batched simclr recipe against torchvision.transforms.v2 per sample", "\n".join([
+        f"Images/s (two views each), batch {args.batch}; the recipe on {torch.get_num_threads()} thread(s) in the "
+        f"training process, torchvision v2 per sample in {args.workers} DataLoader workers. Random uint8 inputs.",
+        "", "| size | channels | selfsup recipe | torchvision v2 | speed-up |", "|---|---|---|---|---|", *rows]))
 
 
 if __name__ == "__main__":

@@ -71,3 +71,29 @@ def test_help_has_examples(command):
 def test_methods_lists_simclr():
     r = selfsup("methods")
     assert r.returncode == 0 and "simclr" in r.stdout and "2020" in r.stdout
+
+
+def test_ctrl_c_saves_and_resume_finishes(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "selfsup", "pretrain", "--data", "synthetic", "--steps", "400", "--limit", "256",
+            "--out", str(out), "--no-progress", "--set", "train.batch_size=32", "--set", "model.width=4"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SELFSUP_NO_DOWNLOAD": "1"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stdout
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < state["step"] < 400
+    r = selfsup("pretrain", "--resume", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 400
+    assert json.loads((out / "train.json").read_text())["steps"] == 400
+    assert (out / "encoder.safetensors").is_file()
