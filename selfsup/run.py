@@ -33,19 +33,27 @@ from selfsup.train import TrainResult, check_batch, resolve_device, train
 from selfsup.views.recipes import build as build_views
 
 
-def load_data(cfg: Config) -> tuple[ImageSet, ImageSet]:
-    """(train, test) for the run: train limited to data.limit images (seeded choice); a folder gets a 20% hold-out."""
+# Sources whose unlabeled images are a split of their own: pretraining uses them too (STL-10's 100k).
+PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
+
+
+def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, ImageSet | None]:
+    """(train, test) for the run; with for_pretraining, (images to pretrain on, None).
+
+    train is limited to data.limit images (a seeded choice); a folder has no test split, so a stratified fifth of
+    it is held out (and left out of pretraining too).
+    """
     d = cfg.data
     options = {"n": d.synthetic_size} if d.name == "synthetic" else {}
-    train = sources.load(d.name, "train", image_size=d.image_size, seed=cfg.train.seed, **options)
-    try:
+    is_folder = Path(d.name).exists()
+    split = PRETRAIN_SPLIT.get(d.name, "train") if for_pretraining else "train"
+    train = sources.load(d.name, split, image_size=d.image_size, seed=cfg.train.seed, **options)
+    test = None
+    if is_folder:
+        train, test = holdout(train, 0.2, cfg.train.seed)
+    elif not for_pretraining:
         test = sources.load(d.name, "test", image_size=d.image_size, seed=cfg.train.seed,
                             **({"n": max(10, d.synthetic_size // 6)} if options else {}))
-    except SelfSupError:
-        if Path(d.name).exists():  # an image folder has no test split: hold out a fifth of it, stratified
-            train, test = holdout(train, 0.2, cfg.train.seed)
-        else:
-            raise
     if d.limit is not None and d.limit < len(train):
         g = torch.Generator().manual_seed(cfg.train.seed)
         train = train.subset(torch.randperm(len(train), generator=g)[:d.limit].sort().values)
@@ -126,7 +134,7 @@ def write_json(path: Path, data: dict) -> None:
 def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path | None = None,
              progress: bool = True, log: Callable[[str], None] = print) -> tuple[Path, TrainResult]:
     """Pretrain into a new run folder (or continue the one in resume_dir); exports encoder.safetensors."""
-    train_set, _ = load_data(cfg)
+    train_set, _ = load_data(cfg, for_pretraining=True)
     check_config(cfg, train_set)
     if resume_dir is None:
         run_dir = new_run_dir(cfg, out)

@@ -39,7 +39,7 @@ def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train
     labelled = train.labels >= 0
     if not bool(labelled.any()) or not bool((test.labels >= 0).any()):
         log("evaluation skipped: the data has no labels (a flat folder); give a folder with one sub-folder per class")
-        return {"schema": 1, "skipped": "no labels"}
+        return {"schema": 1, "skipped": "no labels", "seconds": {}}
     train = train.subset(labelled.nonzero().flatten())
     test = test.subset((test.labels >= 0).nonzero().flatten())
     num_classes = max(len(train.classes), int(train.labels.max()) + 1, int(test.labels.max()) + 1)
