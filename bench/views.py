@@ -38,15 +38,15 @@ class TwoViews(Dataset):
 
 def torchvision_pipeline(cfg: ViewsConfig, channels: int, size: int) -> T.Transform:
     """The same ops and parameters as the simclr recipe, from torchvision.transforms.v2."""
-    s = cfg.color_strength
-    steps = [T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio), antialias=False),
-             T.RandomHorizontalFlip(cfg.flip_p)]
+    s = cfg.color.strength
+    steps = [T.RandomResizedCrop(size, scale=tuple(cfg.crop.scale), ratio=tuple(cfg.crop.ratio), antialias=False),
+             T.RandomHorizontalFlip(cfg.flip.p)]
     if channels == 3:
-        steps += [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=cfg.color_p),
-                  T.RandomGrayscale(cfg.gray_p)]
+        steps += [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=cfg.color.p),
+                  T.RandomGrayscale(cfg.gray.p)]
     else:
-        steps += [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s)], p=cfg.color_p)]
-    blur_p = cfg.blur_p if cfg.blur_p is not None else (0.5 if size >= 64 else 0.0)
+        steps += [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s)], p=cfg.color.p)]
+    blur_p = cfg.blur.p if cfg.blur.p is not None else (0.5 if size >= 64 else 0.0)
     if blur_p > 0:
         k = max(3, int(0.1 * size)) | 1
         steps.append(T.RandomApply([T.GaussianBlur(k, sigma=(0.1, 2.0))], p=blur_p))

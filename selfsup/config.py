@@ -21,6 +21,8 @@ from selfsup.errors import SelfSupError
 def opt(default: Any, help: str, **checks: Any) -> Any:
     """A config field with its help text; `choices=[...]`, `min=`, `max=` are checked on load."""
     meta = {"help": help, **checks}
+    if isinstance(default, type) and dataclasses.is_dataclass(default):  # a nested section, e.g. views.color
+        return field(default_factory=default, metadata=meta)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -135,7 +137,12 @@ def build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         raise SelfSupError(
             f"unknown config key '{prefix}.{unknown[0]}'; known keys in '{prefix}': {', '.join(fields)}"
         )
-    kwargs = {k: coerce(f"{prefix}.{k}", v, fields[k], hints) for k, v in values.items()}
+    kwargs = {}
+    for k, v in values.items():
+        if dataclasses.is_dataclass(hints[k]):
+            kwargs[k] = build(hints[k], v, f"{prefix}.{k}")
+        else:
+            kwargs[k] = coerce(f"{prefix}.{k}", v, fields[k], hints)
     return cls(**kwargs)
 
 
@@ -169,6 +176,15 @@ def merge(tree: dict, path: list[str], value: Any) -> None:
         if not isinstance(node, dict):
             raise SelfSupError(f"config key '{'.'.join(path)}' goes inside a value that is not a section")
     node[path[-1]] = value
+
+
+def deep_update(target: dict, values: dict) -> None:
+    """Merge `values` into `target`, descending into nested sections so a later layer changes one key at a time."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            deep_update(target[key], value)
+        else:
+            target[key] = value
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -225,7 +241,7 @@ def load_config(tree: dict | None = None, overrides: list[str] = (), file: str |
             if section == "train" and any(values.get(k) is not None for k in BUDGET_KEYS):
                 # A budget given in a later layer replaces the earlier one: one unit at a time.
                 budget_given = {k: values.get(k) for k in BUDGET_KEYS}
-            merged.setdefault(section, {}).update(values)
+            deep_update(merged.setdefault(section, {}), values)
     if budget_given is not None:
         merged["train"].update(budget_given)
     train = build(TrainConfig, merged.get("train", {}), "train")
@@ -248,7 +264,11 @@ def load_config(tree: dict | None = None, overrides: list[str] = (), file: str |
 def describe(cls: type, prefix: str) -> list[str]:
     """One line per field: key, default and help, for `selfsup config`."""
     lines = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += describe(hints[f.name], f"{prefix}.{f.name}")
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         lines.append(f"  {prefix}.{f.name} = {default!r}\n      {f.metadata.get('help', '')}")
     return lines

@@ -9,11 +9,11 @@ from selfsup.errors import SelfSupError
 def test_defaults_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 0.5\n  epochs: 3\nmethod:\n  name: simclr\n  temperature: 0.3\n")
-    cfg = load_config({"train": {"seed": 4}}, ["train.lr=0.1", "views.crop_scale=[0.3, 1.0]"], path)
+    cfg = load_config({"train": {"seed": 4}}, ["train.lr=0.1", "views.crop.scale=[0.3, 1.0]"], path)
     assert cfg.train.lr == 0.1 and cfg.train.seed == 4 and cfg.method.temperature == 0.3
     # The file gave a budget in epochs: it replaces the default minutes budget.
     assert cfg.train.epochs == 3.0 and cfg.train.minutes is None
-    assert tuple(cfg.views.crop_scale) == (0.3, 1.0)
+    assert tuple(cfg.views.crop.scale) == (0.3, 1.0)
     assert to_dict(cfg)["train"]["lr"] == 0.1
 
 
@@ -35,6 +35,9 @@ def test_a_later_budget_replaces_an_earlier_one(tmp_path):
     (["train.lr"], "--set takes key=value"),
     (["train.steps=10", "train.minutes=3"], "exactly one training budget"),
     (["model.backbone=vgg"], "must be one of small-cnn, resnet18"),
+    (["views.color.strenght=1"], "unknown config key 'views.color.strenght'"),
+    (["views.color=3"], "config section 'views.color' must be a mapping"),
+    (["views.blur.p=2"], "must be <= 1"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(SelfSupError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -51,3 +54,11 @@ def test_bad_files(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(SelfSupError, match="must hold a mapping"):
         load_config(file=bad)
+
+
+def test_nested_sections_merge_key_by_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("views:\n  color:\n    strength: 0.3\n    p: 0.5\n")
+    cfg = load_config({}, ["views.color.p=0.9"], path)
+    assert cfg.views.color.strength == 0.3 and cfg.views.color.p == 0.9
+    assert to_dict(cfg)["views"]["color"] == {"strength": 0.3, "p": 0.9}

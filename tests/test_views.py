@@ -14,7 +14,8 @@ from torchvision.transforms import InterpolationMode
 from selfsup.config import load_config
 from selfsup.errors import SelfSupError
 from selfsup.views import ops
-from selfsup.views.recipes import ViewsConfig, build
+from selfsup.views.recipes import (BlurConfig, ColorConfig, CropConfig, FlipConfig, GrayConfig, MulticropConfig,
+                                   ViewsConfig, build)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -344,7 +345,7 @@ def test_recipe_in_cpu_chunks_keeps_order_shapes_and_determinism(monkeypatch):
 
     monkeypatch.setattr(recipes, "CPU_CHUNK_BYTES", 3 * 4 * 20 * 20 * 3)  # 3 images a chunk: 4 chunks of 2 x 5
     imgs = torch.randint(0, 256, (5, 3, 20, 20), dtype=torch.uint8, generator=gen())
-    r = build(ViewsConfig(recipe="supervised", flip_p=0.0), 3, 20)
+    r = build(ViewsConfig(recipe="supervised", flip=FlipConfig(p=0.0)), 3, 20)
     a, b = r(imgs, gen(2))
     assert a.shape == b.shape == (5, 3, 20, 20)
     assert all(torch.equal(u, v) for u, v in zip((a, b), r(imgs, gen(2))))
@@ -360,18 +361,18 @@ def test_recipe_names_mark_one_channel_noops_and_blur_by_size():
     assert "saturation and hue skipped: 1 channel" in gray[2] and "brightness 0.4" in gray[2]
     assert gray[3] == "grayscale (skipped: 1 channel)"
     assert gray[4].startswith("gaussian blur (off")
-    rgb = build(ViewsConfig(color_strength=1.0), 3, 96).names
+    rgb = build(ViewsConfig(color=ColorConfig(strength=1.0)), 3, 96).names
     assert "saturation 0.8" in rgb[2] and "hue 0.2" in rgb[2] and "skipped" not in rgb[2]
     assert rgb[3] == "grayscale (p=0.2)" and rgb[4].startswith("gaussian blur (p=0.5")
-    assert build(ViewsConfig(blur_p=0.3), 3, 28).names[4].startswith("gaussian blur (p=0.3")
-    assert len(build(ViewsConfig(blur_p=0.0, gray_p=0.0, color_strength=0.0), 3, 28).stages) == 2
+    assert build(ViewsConfig(blur=BlurConfig(p=0.3)), 3, 28).names[4].startswith("gaussian blur (p=0.3")
+    assert len(build(ViewsConfig(blur=BlurConfig(p=0.0), gray=GrayConfig(p=0.0), color=ColorConfig(strength=0.0)), 3, 28).stages) == 2
 
 
 def test_recipe_errors_name_the_problem():
-    with pytest.raises(SelfSupError, match="known recipes: none, simclr, supervised"):
+    with pytest.raises(SelfSupError, match="known recipes: byol, moco-v2, multicrop, none, simclr, supervised"):
         build(ViewsConfig(recipe="nope"), 3, 32)
-    with pytest.raises(SelfSupError, match="crop_scale"):
-        build(ViewsConfig(crop_scale=(0.9, 0.1)), 3, 32)
+    with pytest.raises(SelfSupError, match="crop.scale"):
+        build(ViewsConfig(crop=CropConfig(scale=(0.9, 0.1))), 3, 32)
     r = build(ViewsConfig(), 3, 32)
     with pytest.raises(SelfSupError, match="uint8"):
         r(torch.rand(2, 3, 32, 32), gen())
@@ -382,3 +383,40 @@ def test_recipe_errors_name_the_problem():
 def test_supervised_recipe_is_selectable_from_config():
     cfg = load_config({"train": {"steps": 1}}, ["views.recipe=supervised"])
     assert build(cfg.views, 1, 28, n_views=1).names[0].startswith("random resized crop to 28 px (scale 0.6-1")
+
+
+def test_nested_overrides_reach_the_ops():
+    cfg = load_config({"train": {"steps": 1}}, ["views.color.strength=0.25", "views.crop.scale=[0.5, 1]",
+                                                 "views.blur.p=1.0"])
+    names = build(cfg.views, 3, 32).names
+    assert names[0].startswith("random resized crop to 32 px (scale 0.5-1")
+    assert "brightness 0.2, contrast 0.2, saturation 0.2, hue 0.05" in names[2]
+    assert names[4].startswith("gaussian blur (p=1")
+
+
+def test_byol_views_are_asymmetric():
+    """View 1 is always blurred and never solarized; view 2 is blurred with p=0.1 and solarized with p=0.2."""
+    r = build(ViewsConfig(recipe="byol", color=ColorConfig(p=0.0), gray=GrayConfig(p=0.0), flip=FlipConfig(p=0.0),
+                          crop=CropConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0))), 1, 32)
+    ops_of = [{stage.func.__name__: stage.keywords.get("p") for stage in group.stages} for group in r.groups]
+    assert ops_of[0]["gaussian_blur"] == 1.0 and "solarize" not in ops_of[0]
+    assert ops_of[1]["gaussian_blur"] == 0.1 and ops_of[1]["solarize"] == 0.2
+    # Bright flat images: blur leaves them alone, solarization turns them dark.
+    level = torch.randint(160, 256, (2000, 1, 1, 1), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    v1, v2 = r(level.expand(-1, 1, 32, 32).contiguous(), gen())
+    assert torch.allclose(v1, level.float().div(255).expand_as(v1), atol=1e-5)
+    assert abs((v2.flatten(1).mean(1) < 0.5).float().mean().item() - 0.2) < 0.04
+    with pytest.raises(SelfSupError, match="n_views must be 2"):
+        build(ViewsConfig(recipe="byol"), 1, 32, n_views=3)
+
+
+def test_multicrop_gives_global_then_local_views():
+    r = build(ViewsConfig(recipe="multicrop", multicrop=MulticropConfig(n_local=3, local_size=12)), 3, 32)
+    views = r(torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8), gen())
+    assert [tuple(v.shape) for v in views] == [(5, 3, 32, 32)] * 2 + [(5, 3, 12, 12)] * 3
+    assert r.n_views == 5 and all(0 <= float(v.min()) and float(v.max()) <= 1 for v in views)
+
+
+def test_moco_v2_blurs_at_every_size():
+    assert "gaussian blur (p=0.5" in build(ViewsConfig(recipe="moco-v2"), 1, 28).names[4]
+    assert "off" in build(ViewsConfig(recipe="simclr"), 1, 28).names[4]
