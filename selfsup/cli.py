@@ -121,6 +121,26 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_views(args: argparse.Namespace) -> int:
+    import torch
+
+    from selfsup.config import load_config
+    from selfsup.data import sources
+    from selfsup.report.gallery import views_gallery
+    from selfsup.views.recipes import build
+
+    cfg = load_config({"data": {"name": args.data}, "views": {"recipe": args.recipe}}, args.set)
+    data = sources.load(cfg.data.name, "train", image_size=cfg.data.image_size)
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.n]
+    recipe = build(cfg.views, data.channels, data.size)
+    out = args.out or f"views-{args.recipe}-{Path(args.data).name}.png"
+    path = views_gallery(data.images[pick], recipe, out, seed=args.seed, title=f"{args.recipe} views of {data.name}")
+    print(f"wrote {path}")
+    for name in recipe.names:
+        print(f"  {name}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from selfsup.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, describe
     from selfsup.methods import METHODS
@@ -147,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
               eval      evaluate the encoder of a run folder
               methods   list the methods with their papers
               data      list sources, show what is where, fetch a data set
+              views     save a picture of images and their views under a recipe
               config    list every config key with its default and advice
 
             `selfsup COMMAND --help` shows the options and examples of each command."""))
@@ -174,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "  selfsup data fetch fashion-mnist\n")
     p.add_argument("action", choices=["list", "info", "fetch"])
     p.add_argument("name", nargs="?", help="source name or folder path")
+    p = sub.add_parser("views", help="picture what the network sees", formatter_class=raw,
+                       description="Save a PNG of a few images and their views under a recipe.",
+                       epilog="examples:\n  selfsup views --data fashion-mnist --recipe simclr\n"
+                              "  selfsup views --data synthetic --recipe multicrop --out multicrop.png\n"
+                              "  selfsup views --recipe simclr --set views.color.strength=1.0\n")
+    p.add_argument("--data", default="fashion-mnist", help="source name or image folder")
+    p.add_argument("--recipe", default="simclr", help="simclr, moco-v2, byol, multicrop, supervised, none")
+    p.add_argument("--n", type=int, default=8, help="number of images (rows)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="PNG path (default views-RECIPE-DATA.png)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a views key")
     p = sub.add_parser("config", help="list config keys", formatter_class=raw,
                        description="List every config key with its default and advice (for --set and YAML files).",
                        epilog="examples:\n  selfsup config\n  selfsup config --method simclr\n")
@@ -188,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"run": lambda a: cmd_run(a, True), "pretrain": lambda a: cmd_run(a, False), "eval": cmd_eval,
-                "methods": cmd_methods, "data": cmd_data, "config": cmd_config}
+                "methods": cmd_methods, "data": cmd_data, "views": cmd_views, "config": cmd_config}
     try:
         return handlers[args.command](args)
     except SelfSupError as e:

@@ -62,7 +62,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert r.stderr.strip().count("\n") == 0, r.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "pretrain", "eval", "methods", "data", "config"])
+@pytest.mark.parametrize("command", ["run", "pretrain", "eval", "methods", "data", "views", "config"])
 def test_help_has_examples(command):
     r = selfsup(command, "--help")
     assert r.returncode == 0 and "example" in r.stdout
@@ -97,3 +97,14 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 400
     assert json.loads((out / "train.json").read_text())["steps"] == 400
     assert (out / "encoder.safetensors").is_file()
+
+
+def test_views_gallery_png(tmp_path):
+    out = tmp_path / "g.png"
+    r = selfsup("views", "--data", "synthetic", "--recipe", "byol", "--n", "3", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    with Image.open(out) as img:
+        assert img.width > 200 and img.height > 200
+    assert "view 2: solarize (p=0.2" in r.stdout
