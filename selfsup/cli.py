@@ -141,6 +141,20 @@ def cmd_views(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from selfsup.config import load_config
+    from selfsup.studies.augmentations import run_study
+
+    tree = {"data": {"name": args.data}, "train": {"seed": args.seed, "minutes": args.minutes_per_cell}}
+    if args.limit:
+        tree["data"]["limit"] = args.limit
+    cfg = load_config(tree, args.set)
+    out = Path(args.out or f"runs/study-augmentations-{Path(args.data).name}")
+    run_study(cfg, [o for o in args.ops.split(",") if o], args.minutes_per_cell, out, args.mode, args.eval_limit)
+    print(f"heatmap: {out / 'heatmap.png'}\ntable: {out / 'study.csv'}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from selfsup.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, describe
     from selfsup.methods import METHODS
@@ -168,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
               methods   list the methods with their papers
               data      list sources, show what is where, fetch a data set
               views     save a picture of images and their views under a recipe
+              study     the augmentation study: a grid of short runs, a heatmap
               config    list every config key with its default and advice
 
             `selfsup COMMAND --help` shows the options and examples of each command."""))
@@ -206,6 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="PNG path (default views-RECIPE-DATA.png)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a views key")
+    p = sub.add_parser("study", help="experiments made of many short runs", formatter_class=raw,
+                       description="The SimCLR augmentation study (Fig. 5 of the paper): one short pretraining per "
+                                   "ordered pair of ops, then a linear probe; a heatmap PNG, a CSV and the winner. "
+                                   "A stopped study resumes: finished cells are not recomputed.",
+                       epilog="examples:\n  selfsup study augmentations --minutes-per-cell 2\n"
+                              "  selfsup study augmentations --ops crop,color,blur --minutes-per-cell 1 --mode paper\n"
+                              "  selfsup study augmentations --data synthetic --ops crop,noise --minutes-per-cell 0.1\n")
+    p.add_argument("study", choices=["augmentations"])
+    p.add_argument("--data", default="fashion-mnist", help="source name or image folder")
+    p.add_argument("--minutes-per-cell", type=float, default=2.0, help="pretraining budget of each cell")
+    p.add_argument("--ops", default="crop,cutout,color,sobel,noise,blur,rotate",
+                   help="comma-separated ops (crop, cutout, color, sobel, noise, blur, rotate)")
+    p.add_argument("--mode", default="split", choices=["split", "paper"],
+                   help="split: view 1 gets t1, view 2 gets t2; paper: one view gets t1 then t2, the other none")
+    p.add_argument("--eval-limit", type=int, default=10000, help="labelled training images for each cell's probe")
+    p.add_argument("--limit", type=int, help="pretrain on only N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="study folder (default runs/study-augmentations-DATA)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p = sub.add_parser("config", help="list config keys", formatter_class=raw,
                        description="List every config key with its default and advice (for --set and YAML files).",
                        epilog="examples:\n  selfsup config\n  selfsup config --method simclr\n")
@@ -220,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"run": lambda a: cmd_run(a, True), "pretrain": lambda a: cmd_run(a, False), "eval": cmd_eval,
-                "methods": cmd_methods, "data": cmd_data, "views": cmd_views, "config": cmd_config}
+                "methods": cmd_methods, "data": cmd_data, "views": cmd_views, "study": cmd_study,
+                "config": cmd_config}
     try:
         return handlers[args.command](args)
     except SelfSupError as e:

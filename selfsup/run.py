@@ -30,7 +30,7 @@ from selfsup.evaluate.protocol import evaluate
 from selfsup.methods import METHODS, Method
 from selfsup.nets.backbones import build_backbone, channel_stats
 from selfsup.train import TrainResult, check_batch, resolve_device, train
-from selfsup.views.recipes import build as build_views
+from selfsup.views.recipes import Recipe, build as build_views
 
 
 # Sources whose unlabeled images are a split of their own: pretraining uses them too (STL-10's 100k).
@@ -65,12 +65,15 @@ def backbone_factory(cfg: Config, channels: int, mean: list[float], std: list[fl
     return lambda: build_backbone(cfg.model.backbone, channels, cfg.model.width, mean, std)
 
 
-def build_method(cfg: Config, train: ImageSet) -> tuple[Method, Callable[[], nn.Module]]:
-    """The configured method on a fresh backbone normalized with the training images' statistics."""
+def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> tuple[Method, Callable[[], nn.Module]]:
+    """The configured method on a fresh backbone normalized with the training images' statistics.
+
+    `views` replaces the configured recipe (the augmentation study builds its own per cell).
+    """
     mean, std = channel_stats(train.images)
     make_backbone = backbone_factory(cfg, train.channels, mean, std)
     torch.manual_seed(cfg.train.seed)
-    views = build_views(cfg.views, train.channels, train.size)
+    views = views or build_views(cfg.views, train.channels, train.size)
     method = METHODS[cfg.method.name](make_backbone(), views, cfg.method)
     return method, make_backbone
 
@@ -132,7 +135,8 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> tuple[Path, TrainResult]:
+             progress: bool = True, log: Callable[[str], None] = print,
+             views: Recipe | None = None) -> tuple[Path, TrainResult]:
     """Pretrain into a new run folder (or continue the one in resume_dir); exports encoder.safetensors."""
     train_set, _ = load_data(cfg, for_pretraining=True)
     check_config(cfg, train_set)
@@ -142,7 +146,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
         write_json(run_dir / "env.json", environment(resolve_device(cfg.train.device)))
     else:
         run_dir = Path(resume_dir)
-    method, _ = build_method(cfg, train_set)
+    method, _ = build_method(cfg, train_set, views)
     log(f"run folder: {run_dir}")
     log(f"data: {train_set.name} {len(train_set)} images {tuple(train_set.images.shape[1:])} from {train_set.origin}")
     log(f"method: {cfg.method.name}, backbone {cfg.model.backbone} ({method.backbone.dim}-d features), "
@@ -185,10 +189,7 @@ def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list
                            f"`selfsup run --resume {run_dir}`")
     train_set, test_set = load_data(cfg)
     check_config(cfg, train_set)
-    state, _ = load_encoder(encoder)
-    make_backbone = backbone_factory(cfg, train_set.channels, [0.0] * train_set.channels, [1.0] * train_set.channels)
-    backbone = make_backbone()
-    backbone.load_state_dict(state)  # includes the normalization statistics saved at pretraining
+    backbone = load_encoder_backbone(run_dir, train_set.channels, cfg)
     fresh = backbone_factory(cfg, train_set.channels, backbone.normalize.mean.flatten().tolist(),
                              backbone.normalize.std.flatten().tolist())
     device = resolve_device(cfg.train.device)
@@ -199,6 +200,15 @@ def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list
     table = results_table(cfg, result, run_dir)
     atomic_write(run_dir / "results.md", lambda tmp: Path(tmp).write_text(table))
     return result
+
+
+def load_encoder_backbone(run_dir: str | Path, channels: int, cfg: Config | None = None) -> nn.Module:
+    """The backbone of a run folder with its exported weights (and input normalization) loaded."""
+    cfg = cfg or read_run_config(run_dir)
+    state, _ = load_encoder(Path(run_dir) / "encoder.safetensors")
+    backbone = backbone_factory(cfg, channels, [0.0] * channels, [1.0] * channels)()
+    backbone.load_state_dict(state)  # includes the normalization statistics saved at pretraining
+    return backbone
 
 
 def _pct(x: float | None) -> str:
