@@ -85,6 +85,36 @@ def bench_torchvision(images: torch.Tensor, size: int, batch: int, batches: int,
     return n / (time.perf_counter() - start)
 
 
+def step_share(data: str, batch: int, steps: int) -> tuple[float, float]:
+    """(seconds of views, seconds of a whole SimCLR step) per step, default backbone, on real images."""
+    from selfsup.config import load_config
+    from selfsup.data import sources
+    from selfsup.run import build_method
+
+    images = sources.load(data, "train").images[:20 * batch]
+    method, _ = build_method(load_config({"train": {"steps": 1}}), sources.ImageSet(
+        images, torch.full((len(images),), -1), [], data, "memory"))
+    method.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    method.set_generator(g)
+    opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    views_s = step_s = 0.0
+    for i in range(steps + 2):
+        idx = torch.arange(i * batch, (i + 1) * batch) % len(images)
+        t0 = time.perf_counter()
+        method.views(images[idx], g)
+        t1 = time.perf_counter()
+        loss, _ = method.loss(images[idx])  # the views again, inside a real step
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t2 = time.perf_counter()
+        if i >= 2:  # the first steps allocate
+            views_s += t1 - t0
+            step_s += t2 - t1
+    return views_s / steps, step_s / steps
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[28, 32, 96])
@@ -93,6 +123,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for torchvision")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the recipe (default: PyTorch's)")
+    p.add_argument("--data", default="fashion-mnist", help="data for the share-of-a-step measurement")
+    p.add_argument("--steps", type=int, default=10, help="timed SimCLR steps for the share-of-a-step measurement")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,10 +140,15 @@ def main() -> None:
             theirs = bench_torchvision(images, size, args.batch, max(2, args.batches // 3), args.workers)
             print(f"{size:>5} {c:>3} {ours:>10.0f} {theirs:>12.0f} {ours / theirs:>8.1f}x", flush=True)
             rows.append(f"| {size} | {c} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.1f}x |")
+    views_s, step_s = step_share(args.data, args.batch, args.steps)
+    share = f"Share of a SimCLR training step spent in views ({args.data}, batch {args.batch}, default backbone " \
+            f"small-cnn): {1000 * views_s:.1f} ms of {1000 * step_s:.0f} ms = {100 * views_s / step_s:.1f}%."
+    print(share)
     write_section("views", "Views: batched simclr recipe against torchvision.transforms.v2 per sample", "\n".join([
         f"Images/s (two views each), batch {args.batch}; the recipe on {torch.get_num_threads()} thread(s) in the "
         f"training process, torchvision v2 per sample in {args.workers} DataLoader workers. Random uint8 inputs.",
-        "", "| size | channels | selfsup recipe | torchvision v2 | speed-up |", "|---|---|---|---|---|", *rows]))
+        "", "| size | channels | selfsup recipe | torchvision v2 | speed-up |", "|---|---|---|---|---|", *rows, "",
+        share]))
 
 
 if __name__ == "__main__":
