@@ -111,6 +111,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.action == "list":
         for name, text in sources.SOURCES.items():
             print(f"{name:15s} {text}")
+        print(f"{'FOLDER':15s} a path: one sub-folder per class (labelled), or a flat folder of images (unlabeled)")
         return 0
     if not args.name:
         raise SelfSupError(f"`selfsup data {args.action}` needs a source name, e.g. `selfsup data {args.action} fashion-mnist`")
