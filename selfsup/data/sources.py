@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,10 @@ import numpy as np
 import torch
 
 from selfsup.data import cache
+# The file readers and the synthetic images live in their own modules; their names stay importable from here.
+from selfsup.data.formats import (IDX_IMAGES, IDX_LABELS, STL10_IMAGE_BYTES, _get, _one_line, _stl10_images,
+                                  _stl10_labels, read_idx, read_pickle_batch)
+from selfsup.data.synthetic import SYNTHETIC_CLASSES, synthetic_images
 from selfsup.errors import SelfSupError
 
 
@@ -71,8 +73,6 @@ SOURCES: dict[str, str] = {  # name -> one-line description, for `selfsup data i
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-SYNTHETIC_CLASSES = ["disc", "square", "triangle", "cross", "ring", "horizontal bars", "vertical bars",
-                     "diagonal stripes", "dot grid", "x"]
 IMAGE_EXTENSIONS = cache.IMAGE_EXTENSIONS
 
 # Debian's dataset-fashion-mnist installs here (a module constant so tests can point it elsewhere).
@@ -163,11 +163,6 @@ def _find(name: str, split: str) -> Path | None:
     return None
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
 def _download(name: str) -> None:
     """Fetch a named source with torchvision into ~/.cache/selfsup; SelfSupError with the fix when impossible."""
     if not downloads_allowed():
@@ -208,35 +203,6 @@ def _locate(name: str, split: str, allow_download: bool) -> Path:
 
 # --- Fashion-MNIST: IDX files ----------------------------------------------------------------------------------
 
-IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic numbers: 0x0803 = uint8 with 3 dims, 0x0801 = uint8 with 1 dim
-
-
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """An IDX file (optionally gzipped) as a uint8 array shaped by its header; SelfSupError if corrupt or truncated."""
-    fix = "delete it and get the files again (`apt-get install --reinstall dataset-fashion-mnist` or a new download)"
-    try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off gzip stream is an EOFError
-        raise SelfSupError(f"cannot read {path} ({type(e).__name__}: {_one_line(e)}): {fix}") from None
-    if len(raw) < 4:
-        raise SelfSupError(f"{path} is too short to be an IDX file ({len(raw)} bytes): {fix}")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        raise SelfSupError(f"{path} has IDX magic number {found}, expected {magic} "
-                           f"({'images' if magic == IDX_IMAGES else 'labels'}): {fix}")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise SelfSupError(f"{path} is truncated inside its header: {fix}")
-    dims = [int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)]
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise SelfSupError(f"{path} holds {len(raw)} bytes but its header {dims} needs {expected} "
-                           f"(truncated or corrupt): {fix}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
 def _load_fashion_mnist(split: str, allow_download: bool = True) -> ImageSet:
     directory = _locate("fashion-mnist", split, allow_download)
     image_file, label_file = (_file(directory, f) for f in _required_files("fashion-mnist", split))
@@ -250,57 +216,6 @@ def _load_fashion_mnist(split: str, allow_download: bool = True) -> ImageSet:
 
 
 # --- CIFAR: python pickle batches ------------------------------------------------------------------------------
-
-def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
-    """What Python 3's protocol-2 pickles call to rebuild bytes (as `_codecs.encode(text, 'latin1')`)."""
-    if encoding != "latin1":
-        raise pickle.UnpicklingError(f"refusing to encode with {encoding!r}")
-    return text.encode("latin1")
-
-
-# The batches hold dicts, lists, bytes and numpy arrays. Only the globals needed to rebuild those are allowed, so a
-# replaced or tampered file cannot run code. The reconstruct function is looked up through ndarray.__reduce__
-# because numpy 1 and 2 keep it in different modules (numpy.core vs numpy._core).
-_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("_codecs", "encode"): _latin1_bytes,  # batches re-saved by Python 3 with protocol 2
-    ("numpy.core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """An unpickler that only builds containers and numpy arrays."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _PICKLE_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
-def read_pickle_batch(path: Path) -> dict:
-    """A CIFAR batch or meta file as a dict (keys decoded as bytes, as in the distributed files)."""
-    fix = "delete the folder and get the files again (e.g. `selfsup data fetch cifar10`)"
-    try:
-        with open(path, "rb") as f:
-            batch = _BatchUnpickler(f, encoding="bytes").load()
-    except Exception as e:  # unpickling can raise nearly anything on bad input
-        raise SelfSupError(f"{path} is not a readable CIFAR file ({type(e).__name__}: {_one_line(e)}): {fix}") from None
-    if not isinstance(batch, dict):
-        raise SelfSupError(f"{path} holds a {type(batch).__name__}, not a CIFAR dict: {fix}")
-    return batch
-
-
-def _get(batch: dict, key: str, path: Path) -> Any:
-    """batch[key] whether the file was written with bytes keys (Python 2, as distributed) or str keys."""
-    for k in (key.encode(), key):
-        if k in batch:
-            return batch[k]
-    raise SelfSupError(f"{path} has no '{key}' entry (keys: {sorted(str(k) for k in batch)}): "
-                       "delete the folder and get the files again")
-
 
 def _meta_class_names(path: Path, key: str) -> list[str]:
     """Class names from a CIFAR meta file (stored as bytes)."""
@@ -333,42 +248,21 @@ def _load_cifar(name: str, split: str, allow_download: bool = True) -> ImageSet:
 
 # --- STL-10: binary files ---------------------------------------------------------------------------------------
 
-STL10_IMAGE_BYTES = 3 * 96 * 96
-
-
-def _stl10_images(path: Path) -> np.ndarray:
-    """A memory-mapped X file as (N, 3, 96, 96) in (channel, row, column) order: a transposed, non-copied view."""
-    size = path.stat().st_size
-    if size == 0 or size % STL10_IMAGE_BYTES:
-        raise SelfSupError(f"{path} holds {size} bytes, not a whole number of 96x96x3 images (truncated?): "
-                           f"{HOW_TO_GET['stl10']}")
-    raw = np.memmap(path, dtype=np.uint8, mode="r", shape=(size // STL10_IMAGE_BYTES, 3, 96, 96))
-    # The files store each channel column by column (MATLAB order), so the last two axes arrive swapped.
-    return raw.transpose(0, 1, 3, 2)
-
-
-def _stl10_labels(path: Path, n: int) -> np.ndarray:
-    labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1  # files count classes from 1
-    if len(labels) != n or (n and (labels.min() < 0 or labels.max() > 9)):
-        raise SelfSupError(f"{path} holds {len(labels)} labels (range 1..10 expected) for {n} images: "
-                           f"{HOW_TO_GET['stl10']}")
-    return labels
-
-
 def _load_stl10(split: str, allow_download: bool = False) -> ImageSet:
     # No download from load(): 2.6 GB should be an explicit `selfsup data fetch stl10`.
     directory = _locate("stl10", split, allow_download=allow_download)
     names_file = directory / "class_names.txt"
     classes = names_file.read_text().split() if names_file.is_file() else list(STL10_CLASSES)
     if split in ("train", "test"):
-        x = _stl10_images(directory / f"{split}_X.bin")
-        labels = _stl10_labels(directory / f"{split}_y.bin", len(x))
+        x = _stl10_images(directory / f"{split}_X.bin", HOW_TO_GET["stl10"])
+        labels = _stl10_labels(directory / f"{split}_y.bin", len(x), HOW_TO_GET["stl10"])
         return ImageSet(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(labels), classes, "stl10",
                         str(directory))
     # The unlabeled split is 2.8 GB: decode it (with the training images in front) once into a cache file in
     # (N, C, H, W) order and memory-map that, instead of transposing it in memory on every load.
-    train_x, unlabeled_x = _stl10_images(directory / "train_X.bin"), _stl10_images(directory / "unlabeled_X.bin")
-    train_labels = _stl10_labels(directory / "train_y.bin", len(train_x))
+    train_x, unlabeled_x = (_stl10_images(directory / "train_X.bin", HOW_TO_GET["stl10"]),
+                             _stl10_images(directory / "unlabeled_X.bin", HOW_TO_GET["stl10"]))
+    train_labels = _stl10_labels(directory / "train_y.bin", len(train_x), HOW_TO_GET["stl10"])
     n_train = len(train_x)
     sources = [directory / "train_X.bin", directory / "unlabeled_X.bin"]
     key = cache.files_key(directory, sources, layout="train+unlabeled")
@@ -391,68 +285,6 @@ def _load_stl10(split: str, allow_download: bool = False) -> ImageSet:
 
 
 # --- synthetic shapes --------------------------------------------------------------------------------------------
-
-def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Pixels inside shape number `shape`, in shape coordinates u (right), v (down), the shape filling about [-1, 1]."""
-    box = (np.abs(u) < 0.85) & (np.abs(v) < 0.85)
-    radius = np.hypot(u, v)
-    if shape == 0:  # disc
-        return radius < 0.8
-    if shape == 1:  # square
-        return (np.abs(u) < 0.7) & (np.abs(v) < 0.7)
-    if shape == 2:  # triangle, apex up
-        return (v < 0.7) & (np.abs(u) < (v + 0.85) * 0.55)
-    if shape == 3:  # plus-shaped cross
-        return box & ((np.abs(u) < 0.22) | (np.abs(v) < 0.22))
-    if shape == 4:  # ring
-        return (radius > 0.5) & (radius < 0.85)
-    if shape == 5:  # horizontal bars
-        return box & (np.cos(v * 3 * np.pi) > 0)
-    if shape == 6:  # vertical bars
-        return box & (np.cos(u * 3 * np.pi) > 0)
-    if shape == 7:  # diagonal stripes
-        return box & (np.cos((u + v) * 2.5 * np.pi) > 0)
-    if shape == 8:  # 3x3 grid of dots
-        du, dv = u - 0.6 * np.round(u / 0.6), v - 0.6 * np.round(v / 0.6)
-        return box & (du * du + dv * dv < 0.2 ** 2)
-    return box & (np.minimum(np.abs(u - v), np.abs(u + v)) < 0.3)  # X
-
-
-def synthetic_images(n: int, image_size: int = 28, channels: int = 1, seed: int = 0,
-                     split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """n procedural shape images (n, channels, S, S) uint8 and their labels; deterministic in (seed, split)."""
-    # Train and test draw from different streams of the same seed, so they never share an image.
-    rng = np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, 0 if split == "train" else 1])
-    n_classes = len(SYNTHETIC_CLASSES)
-    labels = rng.permutation(np.arange(n) % n_classes)  # balanced: every class present once n >= 10
-    # Per image: half-size, centre (kept inside the frame), small rotation, levels and noise.
-    half = rng.uniform(0.45, 0.75, n)
-    centre = rng.uniform(-1, 1, (2, n)) * (1 - half)
-    angle = rng.uniform(-0.26, 0.26, n)  # +-15 degrees: bars stay horizontal or vertical
-    foreground = rng.uniform(0.6, 1.0, (n, channels))
-    background = rng.uniform(0.0, 0.35, (n, channels))
-    if channels == 3:
-        # Random colours whose brightest channel carries the level, so the shape always stands out somewhere.
-        hue_fg, hue_bg = rng.uniform(0.1, 1.0, (2, n, 3))
-        foreground = foreground[:, :1] * hue_fg / hue_fg.max(1, keepdims=True)
-        background = background[:, :1] * hue_bg / hue_bg.max(1, keepdims=True)
-    noise_level = rng.uniform(0.02, 0.1, n)
-
-    axis = (np.arange(image_size) + 0.5) / image_size * 2 - 1  # pixel centres in [-1, 1]
-    dx = axis[None, None, :] - centre[0][:, None, None]
-    dy = axis[None, :, None] - centre[1][:, None, None]
-    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    u = ((cos * dx + sin * dy) / half[:, None, None]).astype(np.float32)
-    v = ((-sin * dx + cos * dy) / half[:, None, None]).astype(np.float32)
-    mask = np.zeros((n, image_size, image_size), dtype=np.float32)
-    for shape in range(n_classes):
-        members = labels == shape
-        mask[members] = _shape_mask(shape, u[members], v[members])
-    pixels = background[:, :, None, None] + (foreground - background)[:, :, None, None] * mask[:, None]
-    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * noise_level[:, None, None, None]
-    images = np.clip(pixels * 255 + 0.5, 0, 255).astype(np.uint8)
-    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
-
 
 def _load_synthetic(split: str, image_size: int | None, seed: int, n: int | None = None,
                     channels: int = 1) -> ImageSet:
