@@ -45,7 +45,7 @@ def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, Ima
     """
     d = cfg.data
     options = {"n": d.synthetic_size} if d.name == "synthetic" else {}
-    is_folder = Path(d.name).exists()
+    is_folder = sources.is_folder(d.name)
     split = PRETRAIN_SPLIT.get(d.name, "train") if for_pretraining else "train"
     train = sources.load(d.name, split, image_size=d.image_size, seed=cfg.train.seed, **options)
     test = None
@@ -96,7 +96,7 @@ def new_run_dir(cfg: Config, out: str | Path | None) -> Path:
                                "or choose another --out")
         path.mkdir(parents=True, exist_ok=True)
         return path
-    data = Path(cfg.data.name).name if Path(cfg.data.name).exists() else cfg.data.name
+    data = Path(cfg.data.name).name if sources.is_folder(cfg.data.name) else cfg.data.name
     base = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.method.name}-{data}"
     path, k = base, 1
     while path.exists():

@@ -385,6 +385,11 @@ def _unknown(name: str) -> SelfSupError:
                         f"{', '.join(SOURCES)}, or the path of a folder of images")
 
 
+def is_folder(name: str) -> bool:
+    """Whether `name` means an image folder: not a source name (or alias) but an existing path."""
+    return _canonical(name) is None and Path(name).expanduser().exists()
+
+
 def load(name: str, split: str = "train", *, image_size: int | None = None, seed: int = 0,
          **options: Any) -> ImageSet:
     """Load a source by name ("fashion-mnist", "cifar10", "cifar100", "stl10", "synthetic") or by folder path.
