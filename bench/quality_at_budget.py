@@ -19,7 +19,9 @@ from selfsup.config import load_config  # noqa: E402
 from selfsup.run import evaluate_run, pretrain  # noqa: E402
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float | None]) -> str:
+    if any(v is None for v in values):
+        return "—"
     pct = [100 * v for v in values]
     if len(pct) == 1:
         return f"{pct[0]:.1f}"
@@ -68,8 +70,8 @@ def main() -> None:
         "|---|---|---|---|",
         f"| SSL ({args.method}), frozen | {col(lambda r: r['eval']['knn']['top1'])} | "
         f"{col(lambda r: r['eval']['linear']['top1'])} | {col(lambda r: r['eval']['few_label']['ssl'])} |",
-        f"| random init, frozen | {col(lambda r: r['eval']['knn']['random_init_top1'])} | "
-        f"{col(lambda r: r['eval']['linear']['random_init_top1'])} | {col(lambda r: r['eval']['few_label']['random_init'])} |",
+        f"| random init, frozen | {col(lambda r: r['eval']['knn'].get('random_init_top1'))} | "
+        f"{col(lambda r: r['eval']['linear'].get('random_init_top1'))} | {col(lambda r: r['eval']['few_label']['random_init'])} |",
         f"| supervised from scratch on {n} labels | — | — | {col(lambda r: r['eval']['few_label']['supervised_scratch'])} |",
         "",
         f"Pretraining steps per seed: {', '.join(str(r['train']['steps']) for r in rows)}; images/s: "

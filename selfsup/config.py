@@ -45,9 +45,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = opt(256, "Images per step (SimCLR: 256-4096; small batches work with a lower temperature).", min=2)
-    epochs: float | None = opt(None, "Budget in passes over the data. Exactly one of epochs, steps, minutes is used.", min=0)
+    epochs: float | None = opt(None, "Budget in passes over the data. Exactly one of epochs, steps, minutes is used.", min=0.001)
     steps: int | None = opt(None, "Budget in optimizer steps.", min=1)
-    minutes: float | None = opt(5.0, "Budget in wall-clock minutes: the step time is measured and the cosine schedule ends at the budget.", min=0)
+    minutes: float | None = opt(5.0, "Budget in wall-clock minutes: the step time is measured and the cosine schedule ends at the budget.", min=0.001)
     optimizer: str = opt("lars", "Optimizer: LARS (SimCLR's choice for large batches), SGD with momentum, or AdamW.", choices=["lars", "sgd", "adamw"])
     lr: float = opt(0.3, "Base learning rate for batch 256, scaled linearly with batch size (SimCLR: 0.3 x batch/256 with LARS).", min=0)
     weight_decay: float = opt(1e-6, "Weight decay (SimCLR with LARS: 1e-6; SGD: 5e-4; AdamW: 0.05).", min=0)
@@ -72,7 +72,7 @@ class EvalConfig:
     scratch_epochs: int = opt(100, "Epochs over the labelled images for the from-scratch supervised baseline.", min=1)
     random_init_all_labels: bool = opt(False, "Also run kNN and the all-label linear probe on the random-init backbone (the few-label baseline always runs); costs about a minute on Fashion-MNIST.")
     batch_size: int = opt(256, "Batch size for feature extraction (256 is faster than 1024 on a CPU: the activations stay in cache).", min=1)
-    protocols: list = opt(["knn", "linear", "few-label"], "Evaluations to run after pretraining.")
+    protocols: list = opt(["knn", "linear", "few-label"], "Evaluations to run after pretraining.", choices=["knn", "linear", "few-label"])
 
 
 def config_fields(cls: type) -> dict[str, dataclasses.Field]:

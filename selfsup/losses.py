@@ -15,8 +15,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"nt_xent needs two (B, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2B, D)
-    logits = z @ z.t() / temperature  # (2B, 2B) cosine similarities / tau
+    with torch.autocast(z1.device.type, enabled=False):  # similarities / tau in fp32 even under bf16 autocast
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2B, D)
+        logits = z @ z.t() / temperature  # (2B, 2B) cosine similarities / tau
     # An embedding is never its own negative: remove the diagonal from the softmax.
     logits.fill_diagonal_(float("-inf"))
     # The positive of anchor i is i + B (and of i + B is i).

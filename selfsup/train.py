@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from selfsup.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from selfsup.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from selfsup.config import TrainConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
@@ -34,7 +34,12 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; an unavailable CUDA device is an error with the fix."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SelfSupError(f"train.device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SelfSupError(f"train.device={name}: selfsup runs on cpu and cuda devices; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SelfSupError(f"train.device={name} but no CUDA device is available; use --set train.device=cpu (or auto)")
     return device
@@ -70,6 +75,16 @@ class Budget:
 
     total_steps: int
     seconds: float | None  # wall-clock budget, minutes budgets only
+    warmup: int | None = None  # fixed once the length of the run is known, so warm-up never jumps
+
+    def warmup_steps(self, fraction: float) -> int:
+        """Warm-up length: a fraction of the planned steps, frozen at the first plan from measured time."""
+        if self.warmup is not None:
+            return self.warmup
+        steps = int(fraction * self.total_steps)
+        if self.seconds is None:
+            self.warmup = steps
+        return steps
 
     @staticmethod
     def plan(cfg: TrainConfig, steps_per_epoch: int) -> "Budget":
@@ -80,11 +95,13 @@ class Budget:
         # A first guess (0.5 s a step) until the first steps are timed.
         return Budget(max(10, int(cfg.minutes * 60 / 0.5)), cfg.minutes * 60)
 
-    def replan(self, step: int, elapsed: float, seconds_per_step: float) -> None:
+    def replan(self, step: int, elapsed: float, seconds_per_step: float, warmup_fraction: float = 0.0) -> None:
         if self.seconds is None or seconds_per_step <= 0:
             return
         remaining = max(0.0, self.seconds - elapsed)
         self.total_steps = max(step + 1, step + int(remaining / seconds_per_step))
+        if self.warmup is None:  # the first measured plan fixes the warm-up (not shorter than what has run)
+            self.warmup = max(step, int(warmup_fraction * self.total_steps))
 
 
 class StopRequest:
@@ -118,7 +135,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     interrupted: bool
-    final_loss: float
+    final_loss: float | None
 
 
 def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
@@ -148,6 +165,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], {"views": generator})
         step, elapsed_before, budget.total_steps = state["step"], state["elapsed"], state["total_steps"]
+        budget.warmup = state.get("warmup_steps")
         _truncate_metrics(metrics_path, step)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +176,8 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
     def checkpoint(elapsed: float) -> None:
         save_checkpoint(run_dir / CHECKPOINT, {
             "method": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "total_steps": budget.total_steps, "elapsed": elapsed, "rng": rng_state({"views": generator}),
+            "total_steps": budget.total_steps, "warmup_steps": budget.warmup, "elapsed": elapsed,
+            "rng": rng_state({"views": generator}),
             "format": 1,
         })
 
@@ -170,7 +189,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
     window: dict[str, float] = {}
     window_steps, window_start = 0, start
     timed_from: tuple[int, float] | None = None
-    loss_value = float("nan")
+    loss_value: float | None = None  # None until a step runs (a resumed, finished run takes none)
     interrupted = False
     order, order_epoch = None, -1
     with StopRequest() as stop:
@@ -179,16 +198,16 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(n, epoch, cfg.seed).to(device), epoch
             batch = images[order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
-            lr = lr_at(step, budget.total_steps, peak_lr, int(cfg.warmup_fraction * budget.total_steps),
+            lr = lr_at(step, budget.total_steps, peak_lr, budget.warmup_steps(cfg.warmup_fraction),
                        cfg.min_lr_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss, logs = loss_fn(batch)
             if not torch.isfinite(loss):
-                checkpoint(elapsed_before + time.perf_counter() - start)
-                raise SelfSupError(f"the loss became {loss.item()} at step {step}; lower train.lr "
-                                   f"(now {cfg.lr}) or raise the method's temperature; the last good state is saved")
+                # The weights that gave this loss may already be broken: keep the last checkpoint as it is.
+                raise SelfSupError(f"the loss became {loss.item()} at step {step}; start a new run with a lower "
+                                   f"learning rate (--set train.lr={cfg.lr / 3:.3g}) or a higher temperature")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -205,7 +224,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
                 timed_from = (step, now)
             elif (budget.seconds is not None and timed_from is not None and step > timed_from[0]
                   and (step in (5, 10, 20) or step % 50 == 0)):
-                budget.replan(step, elapsed, (now - timed_from[1]) / (step - timed_from[0]))
+                budget.replan(step, elapsed, (now - timed_from[1]) / (step - timed_from[0]), cfg.warmup_fraction)
                 bar.total = budget.total_steps
             if step % cfg.log_every == 0 or step == budget.total_steps:
                 span = now - window_start
@@ -236,5 +255,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows logged after the checkpoint we resume from, so the file reads as one uninterrupted run."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut off by a hard kill
+            continue
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in keep)))

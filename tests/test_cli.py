@@ -50,6 +50,9 @@ def test_run_produces_a_complete_run_folder(tmp_path):
     (["run", "--data", "synthetic", "--limit", "100", "--set", "train.batch_size=20", "--labels", "5000"],
      "eval.labels=5000"),
     (["run", "--config", "missing.yaml"], "does not exist"),
+    (["run", "--data", "synthetic", "--labels", "5"], "labels"),
+    (["run", "--data", "synthetic", "--device", "gpu"], "is not a device"),
+    (["run", "--data", "synthetic", "--set", "eval.protocols=[knn,svm]"], "must be one of knn, linear, few-label"),
     (["eval", "not-a-run"], "not a run folder"),
     (["run", "--resume", "not-a-run"], "not a run folder"),
     (["config", "--method", "nope"], "unknown method"),
@@ -60,6 +63,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert not (tmp_path / "runs").exists()  # bad input leaves no half-made run folder behind
 
 
 @pytest.mark.parametrize("command", ["run", "pretrain", "eval", "methods", "data", "views", "config"])
@@ -92,6 +96,8 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert "--resume" in stdout
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert 0 < state["step"] < 400
+    refused = selfsup("eval", str(out))
+    assert refused.returncode == 2 and "has not finished" in refused.stderr
     r = selfsup("pretrain", "--resume", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 400

@@ -112,3 +112,43 @@ def test_stop_request_second_signal_aborts():
     assert stop.requested
     with pytest.raises(KeyboardInterrupt):
         stop._handle(2, None)
+
+
+def test_warmup_is_frozen_at_the_first_measured_plan():
+    cfg = load_config({"train": {"minutes": 1.0, "warmup_fraction": 0.1}})
+    budget = Budget.plan(cfg.train, steps_per_epoch=100)
+    first_guess = budget.warmup_steps(0.1)
+    budget.replan(step=5, elapsed=2.0, seconds_per_step=0.2, warmup_fraction=0.1)
+    frozen = budget.warmup_steps(0.1)
+    assert frozen == int(0.1 * budget.total_steps) and frozen != first_guess
+    budget.replan(step=50, elapsed=30.0, seconds_per_step=0.1, warmup_fraction=0.1)
+    assert budget.warmup_steps(0.1) == frozen  # later plans move the end of the cosine, not the warm-up
+
+
+def test_a_cut_off_metrics_line_does_not_break_resume(tmp_path):
+    from selfsup.train import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
+    _truncate_metrics(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("name, message", [("gpu", "is not a device"), ("mps", "cpu and cuda devices")])
+def test_bad_devices_are_one_line_errors(name, message):
+    from selfsup.train import resolve_device
+
+    with pytest.raises(SelfSupError, match=message):
+        resolve_device(name)
+
+
+def test_a_non_finite_loss_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    cfg, data, method = tiny_setup(6)
+    cfg.train.steps = 2
+    train(method, data.images, cfg.train, tmp_path, progress=False)
+    saved = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    monkeypatch.setattr(method, "loss", lambda images: (torch.tensor(float("nan")), {}))
+    cfg.train.steps = 6
+    with pytest.raises(SelfSupError, match="lower learning rate"):
+        train(method, data.images, cfg.train, tmp_path, resume=True, progress=False)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == saved

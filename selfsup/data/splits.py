@@ -7,12 +7,12 @@ depends only on (labels, size, seed) and is the same whatever else the program h
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from selfsup.checkpoint import atomic_write
 from selfsup.errors import SelfSupError
 
 if TYPE_CHECKING:
@@ -74,10 +74,8 @@ def holdout(images: "ImageSet", fraction: float, seed: int) -> tuple["ImageSet",
 
 def save_split(path: str | Path, indices: torch.Tensor, meta: dict[str, Any]) -> None:
     """Write indices and a metadata dict as JSON (atomically, so a crash never leaves half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "indices": [int(i) for i in torch.as_tensor(indices).tolist()]}))
-    os.replace(tmp, path)
+    text = json.dumps({"meta": meta, "indices": [int(i) for i in torch.as_tensor(indices).tolist()]})
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def load_split(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:

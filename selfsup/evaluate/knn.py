@@ -19,8 +19,8 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
     for start in range(0, test_features.shape[0], chunk):
         query = F.normalize(test_features[start:start + chunk].float(), dim=1)
         sim, idx = (query @ train.t()).topk(k, dim=1)  # (m, k) similarities and neighbour indices
-        votes = torch.zeros(query.shape[0], num_classes)
-        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
+        votes = torch.zeros(query.shape[0], num_classes, device=query.device)
+        votes.scatter_add_(1, train_labels.to(idx.device)[idx], (sim / temperature).exp())
         preds.append(votes.argmax(dim=1))
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 

@@ -81,8 +81,12 @@ def build_backbone(name: str, in_channels: int, width: int = 32, mean=None, std=
 
 
 def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), scaled to [0, 1], from at most `max_images`."""
-    x = images[:max_images].float().div_(255)
+    """Per-channel mean and std of uint8 images (N, C, H, W), scaled to [0, 1], from at most `max_images`.
+
+    A seeded random sample, not the first images: folders come sorted by class.
+    """
+    pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:max_images].sort().values
+    x = images[pick].float().div_(255)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return mean.tolist(), std.tolist()

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from selfsup.checkpoint import atomic_write
 from selfsup.config import Config
 from selfsup.errors import SelfSupError
 from selfsup.views import ops
@@ -80,8 +81,9 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float, out: Pa
         raise SelfSupError("give at least one op with --ops, e.g. --ops crop,color")
     cfg.train.minutes, cfg.train.steps, cfg.train.epochs = minutes_per_cell, None, None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps({"ops": op_names, "mode": mode, "minutes_per_cell": minutes_per_cell,
-                                                "data": cfg.data.name, "eval_limit": eval_limit}, indent=2))
+    study = {"ops": op_names, "mode": mode, "minutes_per_cell": minutes_per_cell, "data": cfg.data.name,
+             "eval_limit": eval_limit}
+    atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(study, indent=2)))
     pretrain_set, _ = load_data(cfg, for_pretraining=True)
     train, test = load_data(cfg)
     train = train.subset((train.labels >= 0).nonzero().flatten())
@@ -90,14 +92,16 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float, out: Pa
     if len(train) > eval_limit:  # the probe on a seeded subset keeps each cell's evaluation short
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed))[:eval_limit]
         train = train.subset(pick.sort().values)
-    results: dict[tuple[str, str], float] = {}
+    results: dict[tuple[str, str], float] = {}  # test top-1, what the heatmap shows
+    validation: dict[tuple[str, str], float] = {}  # top-1 on held-out training labels: what picks the winner
     cells = [(a, b) for a in op_names for b in op_names]
     bar = tqdm(cells, desc="augmentation study", unit="cell")
     for t1, t2 in bar:
         cell_dir = out / "cells" / f"{t1}__{t2}"
         done = cell_dir / "cell.json"
         if done.exists():
-            results[(t1, t2)] = json.loads(done.read_text())["linear_top1"]
+            cell = json.loads(done.read_text())
+            results[(t1, t2)], validation[(t1, t2)] = cell["linear_top1"], cell["val_top1"]
             continue
         bar.set_postfix_str(f"{t1} x {t2}")
         recipe = cell_recipe(t1, t2, pretrain_set.channels, pretrain_set.size, mode)
@@ -115,26 +119,32 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float, out: Pa
         backbone = load_encoder_backbone(run_dir, train.channels)
         probe = linear_probe(extract(backbone, train.images), train.labels, extract(backbone, test.images),
                              test.labels, max(len(train.classes), int(train.labels.max()) + 1), seed=cfg.train.seed)
-        results[(t1, t2)] = probe["top1"]
-        done.write_text(json.dumps({"t1": t1, "t2": t2, "linear_top1": probe["top1"], "steps": result.steps,
-                                    "views": recipe.names}, indent=2))
+        results[(t1, t2)], validation[(t1, t2)] = probe["top1"], probe["val_top1"]
+        cell = {"t1": t1, "t2": t2, "linear_top1": probe["top1"], "val_top1": probe["val_top1"],
+                "steps": result.steps, "views": recipe.names}
+        atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(cell, indent=2)))
     bar.close()
-    write_outputs(out, op_names, results, mode, pretrain_set.channels, cfg.data.name, minutes_per_cell)
+    write_outputs(out, op_names, results, validation, mode, pretrain_set.channels, cfg.data.name, minutes_per_cell)
     if results:
-        (b1, b2), top = max(results.items(), key=lambda kv: kv[1])
-        log(f"best composition: {b1} then {b2}: linear top-1 {top:.4f}" if b1 != b2 else
-            f"best: {b1} alone: linear top-1 {top:.4f}")
+        # The winner is chosen on held-out training labels, never on the test split.
+        b1, b2 = max(validation, key=validation.get)
+        what = f"{b1} then {b2}" if b1 != b2 else f"{b1} alone"
+        log(f"best composition (chosen on validation labels): {what}: validation top-1 "
+            f"{validation[(b1, b2)]:.4f}, test top-1 {results[(b1, b2)]:.4f}")
     return {f"{a}+{b}": v for (a, b), v in results.items()}
 
 
-def write_outputs(out: Path, op_names: list[str], results: dict, mode: str, channels: int, data: str,
-                  minutes: float) -> None:
+def write_outputs(out: Path, op_names: list[str], results: dict, validation: dict, mode: str, channels: int,
+                  data: str, minutes: float) -> None:
     """study.csv and heatmap.png (rows: first op, columns: second op, last column: the row's mean)."""
-    with open(out / "study.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["t1", "t2", "linear_top1"])
-        for (a, b), v in results.items():
-            writer.writerow([a, b, f"{v:.4f}"])
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["t1", "t2", "linear_top1", "val_top1"])
+            for (a, b), v in results.items():
+                writer.writerow([a, b, f"{v:.4f}", f"{validation[(a, b)]:.4f}"])
+
+    atomic_write(out / "study.csv", write_csv)
     import matplotlib
 
     matplotlib.use("Agg")
