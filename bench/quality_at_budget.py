@@ -48,7 +48,7 @@ def main() -> None:
             if out.exists():
                 import shutil
                 shutil.rmtree(out)
-            run_dir, _ = pretrain(cfg, out=out, progress=False)
+            run_dir, _ = pretrain(cfg, out=out, progress=False, evaluate_after=True)
             evaluate_run(run_dir)
         result = json.loads((out / "eval.json").read_text())
         train = json.loads((out / "train.json").read_text())

@@ -68,10 +68,11 @@ def cmd_run(args: argparse.Namespace, evaluate_after: bool) -> int:
             raise SelfSupError(f"--resume continues the run as saved in {args.resume}/config.yaml; "
                                f"drop the other options ({', '.join(given)})")
         cfg = read_run_config(args.resume)
-        run_dir, result = pretrain(cfg, resume_dir=args.resume, progress=not args.no_progress)
+        run_dir, result = pretrain(cfg, resume_dir=args.resume, progress=not args.no_progress,
+                                   evaluate_after=evaluate_after)
     else:
         cfg = load_config(config_tree(args), args.set, args.config)
-        run_dir, result = pretrain(cfg, out=args.out, progress=not args.no_progress)
+        run_dir, result = pretrain(cfg, out=args.out, progress=not args.no_progress, evaluate_after=evaluate_after)
     if result.interrupted:
         print(f"interrupted at step {result.steps}; the checkpoint is saved. Continue with:\n"
               f"  selfsup {args.command} --resume {run_dir}")

@@ -78,11 +78,14 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
     return method, make_backbone
 
 
-def check_config(cfg: Config, train: ImageSet) -> None:
-    """Impossible values that need the data to be known, reported as one line with the fix."""
+def check_config(cfg: Config, train: ImageSet, evaluation: bool = True) -> None:
+    """Impossible values that need the data to be known, reported as one line with the fix.
+
+    evaluation=False skips the evaluation settings (pretraining alone does not use them).
+    """
     check_batch(cfg.train.batch_size, len(train))
     labelled = int((train.labels >= 0).sum())
-    if "few-label" in cfg.eval.protocols and labelled:
+    if evaluation and "few-label" in cfg.eval.protocols and labelled:
         if cfg.eval.labels > labelled:
             raise SelfSupError(f"eval.labels={cfg.eval.labels} but only {labelled} training images have labels; "
                                f"use --labels {labelled} or fewer")
@@ -138,10 +141,13 @@ def write_json(path: Path, data: dict) -> None:
 
 def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path | None = None,
              progress: bool = True, log: Callable[[str], None] = print,
-             views: Recipe | None = None) -> tuple[Path, TrainResult]:
-    """Pretrain into a new run folder (or continue the one in resume_dir); exports encoder.safetensors."""
+             views: Recipe | None = None, evaluate_after: bool = False) -> tuple[Path, TrainResult]:
+    """Pretrain into a new run folder (or continue the one in resume_dir); exports encoder.safetensors.
+
+    evaluate_after: the caller evaluates next, so evaluation settings are checked now, before hours of training.
+    """
     train_set, _ = load_data(cfg, for_pretraining=True)
-    check_config(cfg, train_set)
+    check_config(cfg, train_set, evaluation=evaluate_after)
     device = resolve_device(cfg.train.device)
     # Everything that can reject the config runs before the run folder exists, so bad input leaves nothing behind.
     method, _ = build_method(cfg, train_set, views)
