@@ -24,7 +24,7 @@ from selfsup.checkpoint import atomic_write, export_encoder, load_encoder
 from selfsup.config import Config, load_config, to_dict
 from selfsup.data import sources
 from selfsup.data.sources import ImageSet
-from selfsup.data.splits import few_label_split, holdout
+from selfsup.data.splits import few_label_split, holdout, seeded_subset
 from selfsup.errors import SelfSupError
 from selfsup.evaluate.protocol import evaluate
 from selfsup.methods import METHODS, Method
@@ -54,9 +54,8 @@ def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, Ima
     elif not for_pretraining:
         test = sources.load(d.name, "test", image_size=d.image_size, seed=cfg.train.seed,
                             **({"n": max(10, d.synthetic_size // 6)} if options else {}))
-    if d.limit is not None and d.limit < len(train):
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        train = train.subset(torch.randperm(len(train), generator=g)[:d.limit].sort().values)
+    if d.limit is not None:
+        train = seeded_subset(train, d.limit, cfg.train.seed)
     return train, test
 
 

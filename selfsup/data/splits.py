@@ -72,6 +72,14 @@ def holdout(images: "ImageSet", fraction: float, seed: int) -> tuple["ImageSet",
     return images.subset(train_index), images.subset(test_index)
 
 
+def seeded_subset(images: "ImageSet", n: int, seed: int) -> "ImageSet":
+    """n images chosen at random under `seed`, kept in their original order (all of them if n >= len)."""
+    if n >= len(images):
+        return images
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images.subset(pick.sort().values)
+
+
 def save_split(path: str | Path, indices: torch.Tensor, meta: dict[str, Any]) -> None:
     """Write indices and a metadata dict as JSON (atomically, so a crash never leaves half a file)."""
     text = json.dumps({"meta": meta, "indices": [int(i) for i in torch.as_tensor(indices).tolist()]})

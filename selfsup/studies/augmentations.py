@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from selfsup.checkpoint import atomic_write
 from selfsup.config import Config
+from selfsup.data.splits import seeded_subset
 from selfsup.errors import SelfSupError
 from selfsup.views import ops
 from selfsup.views.recipes import Named, Recipe, ViewGroup, blur_stage, color_stage, crop_stage, gray_stage
@@ -89,9 +90,7 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float, out: Pa
     train = train.subset((train.labels >= 0).nonzero().flatten())
     if len(train) == 0:
         raise SelfSupError(f"the study's linear probe needs labels; {cfg.data.name} has none")
-    if len(train) > eval_limit:  # the probe on a seeded subset keeps each cell's evaluation short
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed))[:eval_limit]
-        train = train.subset(pick.sort().values)
+    train = seeded_subset(train, eval_limit, cfg.train.seed)  # keeps each cell's probe short
     results: dict[tuple[str, str], float] = {}  # test top-1, what the heatmap shows
     validation: dict[tuple[str, str], float] = {}  # top-1 on held-out training labels: what picks the winner
     cells = [(a, b) for a in op_names for b in op_names]
