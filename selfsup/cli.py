@@ -99,9 +99,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from selfsup.methods import METHODS
 
-    rows = [(m.name, m.family, m.paper, str(m.year)) for m in METHODS.values()]
-    widths = [max(len(r[i]) for r in rows + [("name", "family", "paper", "year")]) for i in range(4)]
-    for row in [("name", "family", "paper", "year")] + rows:
+    head = ("name", "family", "views (auto)", "paper", "year")
+    rows = [(m.name, m.family, m.views_recipe + (" colour" if m.min_channels == 3 else ""), m.paper, str(m.year))
+            for m in METHODS.values()]
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    for row in [head] + rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return 0
 

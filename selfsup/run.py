@@ -5,6 +5,7 @@ This module turns a Config into such a folder (pretrain, then evaluate) and read
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -69,11 +70,19 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
 
     `views` replaces the configured recipe (the augmentation study builds its own per cell).
     """
+    cls = METHODS[cfg.method.name]
+    if train.channels < cls.min_channels:
+        raise SelfSupError(f"{cls.name} needs colour images ({cls.min_channels} channels) but {train.name} has "
+                           f"{train.channels}; pretrain on colour data, e.g. --data cifar10 or a folder of photos")
     mean, std = channel_stats(train.images)
     make_backbone = backbone_factory(cfg, train.channels, mean, std)
     torch.manual_seed(cfg.train.seed)
-    views = views or build_views(cfg.views, train.channels, train.size)
-    method = METHODS[cfg.method.name](make_backbone(), views, cfg.method)
+    if views is None:
+        views_cfg = cfg.views
+        if views_cfg.recipe == "auto":
+            views_cfg = dataclasses.replace(views_cfg, recipe=cls.views_recipe)
+        views = build_views(views_cfg, train.channels, train.size, n_views=cls.n_views)
+    method = cls(make_backbone(), views, cfg.method)
     return method, make_backbone
 
 
@@ -160,9 +169,12 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     log(f"data: {train_set.name} {len(train_set)} images {tuple(train_set.images.shape[1:])} from {train_set.origin}")
     log(f"method: {cfg.method.name}, backbone {cfg.model.backbone} ({method.backbone.dim}-d features), "
         f"views: {', '.join(getattr(method, 'views').names) if hasattr(method, 'views') else '-'}")
-    for note in train_set.notes:
+    for note in train_set.notes + list(getattr(method, "notes", [])):
         log(f"note: {note}")
     result = train(method, train_set.images, cfg.train, run_dir, resume=resume_dir is not None, progress=progress)
+    if not result.interrupted:
+        for path in method_figures(method, train_set.images, cfg.train.seed, run_dir):
+            log(f"figure: {path}")
     export_encoder(run_dir / "encoder.safetensors", method.backbone, {
         "backbone": cfg.model.backbone, "width": cfg.model.width, "in_channels": train_set.channels,
         "dim": method.backbone.dim, "method": cfg.method.name, "step": result.steps,
@@ -175,6 +187,21 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
         f"{result.seconds / 60:.1f} min, {result.images_per_second:.0f} images/s"
         + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""))
     return run_dir, result
+
+
+def method_figures(method: Method, images: torch.Tensor, seed: int, run_dir: Path, n: int = 8) -> list[Path]:
+    """The method's own pictures (reconstructions, predictions) of n seeded training images, in eval mode."""
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    device = next(method.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)  # the figure's own randomness, not the training's
+    method.set_generator(generator)
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            return method.figures(images[pick].to(device), run_dir)
+    finally:
+        method.train(was_training)
 
 
 def read_run_config(run_dir: str | Path) -> Config:

@@ -8,6 +8,7 @@ checkpoints, so a resumed run continues exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -29,6 +30,10 @@ class Method(nn.Module):
     paper: ClassVar[str]  # "Chen et al., A Simple Framework for Contrastive Learning ..."
     year: ClassVar[int]
     Config: ClassVar[type]
+    views_recipe: ClassVar[str] = "simclr"  # the recipe `views.recipe=auto` means for this method
+    n_views: ClassVar[int] = 2  # views per image the method's recipe makes
+    min_channels: ClassVar[int] = 1  # 3 for methods that only make sense on colour images
+    notes: list[str]  # lines for the run log: defences that are off, ops skipped on this data, ...
 
     backbone: nn.Module
     generator: torch.Generator
@@ -43,3 +48,11 @@ class Method(nn.Module):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step (momentum updates, schedules). Default: nothing."""
+
+    def figures(self, images: torch.Tensor, out_dir: Path) -> list[Path]:
+        """After pretraining: write PNGs of what the method predicts (reconstructions, ...) into out_dir.
+
+        images: (B, C, H, W) uint8, a fixed seeded sample of training images on the training device; called in
+        eval mode under torch.no_grad(). Returns the paths written. Default: none.
+        """
+        return []

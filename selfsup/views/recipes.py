@@ -9,7 +9,7 @@ left out of the stages but still listed in `Recipe.names`, marked as skipped, so
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -67,7 +67,7 @@ class MulticropConfig:
 
 @dataclass
 class ViewsConfig:
-    recipe: str = opt("simclr", "Named view pipeline: simclr, moco-v2, byol (asymmetric blur/solarize between the two views), multicrop (2 global + n_local local crops), supervised (crop 0.6-1 and flip, for the from-scratch baseline), none (no augmentation).", choices=["simclr", "moco-v2", "byol", "multicrop", "supervised", "none"])
+    recipe: str = opt("auto", "Named view pipeline: auto (the method's own: simclr for SimCLR, supervised for RotNet, none for autoencoders; see `selfsup methods`), simclr, moco-v2, byol (asymmetric blur/solarize between the two views), multicrop (2 global + n_local local crops), supervised (crop 0.6-1 and flip, for the from-scratch baseline), none (no augmentation).", choices=["auto", "simclr", "moco-v2", "byol", "multicrop", "supervised", "none"])
     crop: CropConfig = opt(CropConfig, "Random resized crop.")
     flip: FlipConfig = opt(FlipConfig, "Horizontal flip.")
     color: ColorConfig = opt(ColorConfig, "Colour jitter (brightness, contrast, saturation, hue in random order).")
@@ -309,6 +309,8 @@ def assemble(name: str, groups: list[tuple[int, list[Named], int]], channels: in
 
 def build(cfg: ViewsConfig, channels: int, size: int, n_views: int = 2) -> Recipe:
     """The recipe named by cfg.recipe for images with `channels` channels and side `size` (multicrop: n_views unused)."""
+    if cfg.recipe == "auto":  # a method resolves auto to its own recipe first; on its own, auto means simclr
+        cfg = replace(cfg, recipe="simclr")
     if cfg.recipe not in RECIPES:
         raise SelfSupError(f"unknown views recipe '{cfg.recipe}'; known recipes: {', '.join(sorted(RECIPES))}")
     if channels not in (1, 3):
