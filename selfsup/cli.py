@@ -149,12 +149,18 @@ def cmd_study(args: argparse.Namespace) -> int:
     from selfsup.config import load_config
     from selfsup.studies.augmentations import run_study
 
-    tree = {"data": {"name": args.data}, "train": {"seed": args.seed, "minutes": args.minutes_per_cell}}
+    if args.steps_per_cell is not None and args.minutes_per_cell is not None:
+        raise SelfSupError("give either --minutes-per-cell or --steps-per-cell, not both")
+    minutes = args.minutes_per_cell if args.steps_per_cell is None else None
+    if minutes is None and args.steps_per_cell is None:
+        minutes = 2.0
+    tree = {"data": {"name": args.data}, "train": {"seed": args.seed}}
     if args.limit:
         tree["data"]["limit"] = args.limit
     cfg = load_config(tree, args.set)
     out = Path(args.out or f"runs/study-augmentations-{Path(args.data).name}")
-    run_study(cfg, [o for o in args.ops.split(",") if o], args.minutes_per_cell, out, args.mode, args.eval_limit)
+    run_study(cfg, [o for o in args.ops.split(",") if o], minutes, out, args.mode, args.eval_limit,
+              steps_per_cell=args.steps_per_cell)
     print(f"heatmap: {out / 'heatmap.png'}\ntable: {out / 'study.csv'}")
     return 0
 
@@ -231,10 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "A stopped study resumes: finished cells are not recomputed.",
                        epilog="examples:\n  selfsup study augmentations --minutes-per-cell 2\n"
                               "  selfsup study augmentations --ops crop,color,blur --minutes-per-cell 1 --mode paper\n"
-                              "  selfsup study augmentations --data synthetic --ops crop,noise --minutes-per-cell 0.1\n")
+                              "  selfsup study augmentations --data synthetic --ops crop,noise --minutes-per-cell 0.1\n"
+                              "  selfsup study augmentations --steps-per-cell 40 --out runs/study-40-steps\n")
     p.add_argument("study", choices=["augmentations"])
     p.add_argument("--data", default="fashion-mnist", help="source name or image folder")
-    p.add_argument("--minutes-per-cell", type=float, default=2.0, help="pretraining budget of each cell")
+    p.add_argument("--minutes-per-cell", type=float, help="pretraining budget of each cell in minutes (default 2)")
+    p.add_argument("--steps-per-cell", type=int,
+                   help="pretraining budget of each cell in steps: the same cells on a busy machine as on an idle one")
     p.add_argument("--ops", default="crop,cutout,color,sobel,noise,blur,rotate",
                    help="comma-separated ops (crop, cutout, color, sobel, noise, blur, rotate)")
     p.add_argument("--mode", default="split", choices=["split", "paper"],

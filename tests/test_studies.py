@@ -53,3 +53,16 @@ def test_study_errors():
     cfg = load_config({"data": {"name": "synthetic"}})
     with pytest.raises(SelfSupError, match="unknown study op 'zoom'"):
         run_study(cfg, ["crop", "zoom"], 0.01, None)
+
+
+def test_study_by_steps_is_reproducible_and_refuses_mixed_settings(tmp_path):
+    cfg = lambda: load_config({"data": {"name": "synthetic", "limit": 200, "synthetic_size": 400},  # noqa: E731
+                               "model": {"width": 4}, "train": {"batch_size": 32, "device": "cpu"}})
+    a = run_study(cfg(), ["noise"], None, tmp_path / "a", eval_limit=100, log=lambda _: None, steps_per_cell=3)
+    b = run_study(cfg(), ["noise"], None, tmp_path / "b", eval_limit=100, log=lambda _: None, steps_per_cell=3)
+    assert a == b  # a step budget makes the same cells whatever the machine's load
+    assert json.loads((tmp_path / "a" / "cells" / "noise__noise" / "cell.json").read_text())["steps"] == 3
+    with pytest.raises(SelfSupError, match="holds a study with other settings"):
+        run_study(cfg(), ["noise"], None, tmp_path / "a", eval_limit=100, steps_per_cell=5)
+    with pytest.raises(SelfSupError, match="one of them"):
+        run_study(cfg(), ["noise"], 1.0, tmp_path / "c", steps_per_cell=5)

@@ -66,9 +66,13 @@ def cell_recipe(t1: str, t2: str, channels: int, size: int, mode: str) -> Recipe
     return Recipe(f"study:{t1}+{t2}", groups, names, channels)
 
 
-def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float, out: Path, mode: str = "split",
-              eval_limit: int = 10000, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the grid; writes cells/, study.csv and heatmap.png into `out`. Returns the results."""
+def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float | None, out: Path, mode: str = "split",
+              eval_limit: int = 10000, log: Callable[[str], None] = print, steps_per_cell: int | None = None) -> dict:
+    """Run (or resume) the grid; writes cells/, study.csv and heatmap.png into `out`. Returns the results.
+
+    Each cell's budget is minutes_per_cell or steps_per_cell (exactly one). Steps give the same cells on a busy
+    machine as on an idle one; minutes give each op the same compute whatever its cost.
+    """
     from selfsup.evaluate.features import extract
     from selfsup.evaluate.linear import linear_probe
     from selfsup.run import load_data, load_encoder_backbone, pretrain
@@ -80,10 +84,20 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float, out: Pa
         raise SelfSupError(f"unknown study mode '{mode}'; choose split or paper")
     if len(op_names) < 1:
         raise SelfSupError("give at least one op with --ops, e.g. --ops crop,color")
-    cfg.train.minutes, cfg.train.steps, cfg.train.epochs = minutes_per_cell, None, None
+    if (minutes_per_cell is None) == (steps_per_cell is None):
+        raise SelfSupError("give the budget of each cell as --minutes-per-cell or --steps-per-cell (one of them)")
+    if (minutes_per_cell is not None and minutes_per_cell <= 0) or (steps_per_cell is not None and steps_per_cell < 1):
+        raise SelfSupError("a cell's budget must be positive, e.g. --minutes-per-cell 1 or --steps-per-cell 100")
+    cfg.train.minutes, cfg.train.steps, cfg.train.epochs = minutes_per_cell, steps_per_cell, None
+    budget = f"{minutes_per_cell:g} min" if minutes_per_cell is not None else f"{steps_per_cell} steps"
     out.mkdir(parents=True, exist_ok=True)
-    study = {"ops": op_names, "mode": mode, "minutes_per_cell": minutes_per_cell, "data": cfg.data.name,
-             "eval_limit": eval_limit}
+    study = {"ops": op_names, "mode": mode, "minutes_per_cell": minutes_per_cell, "steps_per_cell": steps_per_cell,
+             "data": cfg.data.name, "eval_limit": eval_limit}
+    previous = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else None
+    if previous and any(previous.get(k) != study[k] for k in ("mode", "minutes_per_cell", "steps_per_cell", "data")):
+        raise SelfSupError(f"{out} holds a study with other settings ({previous.get('mode')}, "
+                           f"{previous.get('minutes_per_cell') or previous.get('steps_per_cell')} per cell, "
+                           f"{previous.get('data')}); choose another --out to start a new one")
     atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(study, indent=2)))
     pretrain_set, _ = load_data(cfg, for_pretraining=True)
     train, test = load_data(cfg)
@@ -123,7 +137,7 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float, out: Pa
                 "steps": result.steps, "views": recipe.names}
         atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(cell, indent=2)))
     bar.close()
-    write_outputs(out, op_names, results, validation, mode, pretrain_set.channels, cfg.data.name, minutes_per_cell)
+    write_outputs(out, op_names, results, validation, mode, pretrain_set.channels, cfg.data.name, budget)
     if results:
         # The winner is chosen on held-out training labels, never on the test split.
         b1, b2 = max(validation, key=validation.get)
@@ -134,7 +148,7 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float, out: Pa
 
 
 def write_outputs(out: Path, op_names: list[str], results: dict, validation: dict, mode: str, channels: int,
-                  data: str, minutes: float) -> None:
+                  data: str, budget: str) -> None:
     """study.csv and heatmap.png (rows: first op, columns: second op, last column: the row's mean)."""
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -169,7 +183,7 @@ def write_outputs(out: Path, op_names: list[str], results: dict, validation: dic
     ax.set_ylabel("1st transformation")
     note = " ('color' = brightness/contrast jitter: grayscale data)" if channels == 1 else ""
     how = "view 1: 1st, view 2: 2nd" if mode == "split" else "one view: 1st then 2nd, other view: identity"
-    ax.set_title(f"Linear probe top-1 (%) on {data}, {minutes:g} min per cell\n{how}{note}", fontsize=9)
+    ax.set_title(f"Linear probe top-1 (%) on {data}, {budget} per cell\n{how}{note}", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(out / "heatmap.png", dpi=120)
