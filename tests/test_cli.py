@@ -54,6 +54,9 @@ def test_run_produces_a_complete_run_folder(tmp_path):
     (["run", "--data", "synthetic", "--device", "gpu"], "is not a device"),
     (["run", "--data", "synthetic", "--set", "eval.protocols=[knn,svm]"], "must be one of knn, linear, few-label"),
     (["eval", "not-a-run"], "not a run folder"),
+    (["study", "augmentations", "--data", "synthetic", "--minutes-per-cell", "1", "--steps-per-cell", "5"],
+     "not both"),
+    (["study", "augmentations", "--data", "synthetic", "--steps-per-cell", "0"], "must be positive"),
     (["run", "--resume", "not-a-run"], "not a run folder"),
     (["config", "--method", "nope"], "unknown method"),
 ])

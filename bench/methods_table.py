@@ -1,0 +1,142 @@
+"""Every registered method at the same CPU budget: the few-label protocol on one data set, one row per method.
+
+    python bench/methods_table.py --minutes 10 --seeds 0
+    python bench/methods_table.py --methods rotnet,jigsaw --minutes 10 --seeds 0 1 2
+
+Each (method, seed) is a run folder under --out (default bench/out/methods); a finished one is reused, so the
+table can be built over several sessions. The table is rewritten into docs/benchmarks.md (section methods-table)
+after every finished run, with the rows measured so far. A fixed wall-clock budget gives every method the same
+compute, whatever its cost per step; run it on an otherwise idle machine, or the budget buys fewer steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_section  # noqa: E402
+
+from selfsup.config import load_config  # noqa: E402
+from selfsup.methods import METHODS  # noqa: E402
+from selfsup.run import evaluate_run, pretrain  # noqa: E402
+
+# Settings a method needs beyond the shared defaults, each with the reason (also in the method's docs).
+RECOMMENDED: dict[str, list[str]] = {}
+
+
+def pct(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def run_dir(method: str, seed: int, args: argparse.Namespace) -> Path:
+    return Path(args.out) / f"{method}-{args.data}-{args.minutes:g}min-seed{seed}"
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
+    overrides = RECOMMENDED.get(method, []) + args.set
+    cfg = load_config({"data": {"name": args.data}, "method": {"name": method},
+                       "train": {"minutes": args.minutes, "seed": seed}}, overrides)
+    out = run_dir(method, seed, args)
+    if (out / "eval.json").exists():
+        print(f"{method} seed {seed}: reusing {out}")
+        return
+    if out.exists():
+        shutil.rmtree(out)  # a run stopped before its evaluation: start it again
+    pretrain(cfg, out=out, progress=False, evaluate_after=True)
+    (out / "bench-overrides.json").write_text(json.dumps(overrides))
+    evaluate_run(out)
+    read_row(method, seed, args, echo=True)
+
+
+def finished_rows(args: argparse.Namespace) -> list[dict]:
+    """Every finished run of this data and budget in --out, in registry order: the table covers earlier sessions too."""
+    rows = []
+    for method in METHODS:
+        for seed in range(100):
+            if (run_dir(method, seed, args) / "eval.json").exists():
+                rows.append(read_row(method, seed, args))
+    return rows
+
+
+def read_row(method: str, seed: int, args: argparse.Namespace, echo: bool = False) -> dict:
+    out = run_dir(method, seed, args)
+    saved = out / "bench-overrides.json"  # the settings the run was made with, whatever this invocation says
+    changed = json.loads(saved.read_text()) if saved.exists() else []
+    result = json.loads((out / "eval.json").read_text())
+    train = json.loads((out / "train.json").read_text())
+    pretext = None
+    metrics = (out / "metrics.jsonl").read_text().splitlines()
+    if metrics:
+        last = json.loads(metrics[-1])
+        pretext = last.get("pretext_acc")
+    f = result["few_label"]
+    if echo:
+        print(f"{method} seed {seed}: kNN {result['knn']['top1']:.4f}  linear {result['linear']['top1']:.4f}  "
+              f"few-label {f['ssl']:.4f}  random-init {f['random_init']:.4f}  scratch {f['supervised_scratch']:.4f}  "
+              f"({train['steps']} steps, {train['images_per_s']} images/s)")
+    return {"method": method, "seed": seed, "eval": result, "train": train, "pretext": pretext, "overrides": changed}
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    by_method: dict[str, list[dict]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(r)
+    n = rows[0]["eval"]["few_label"]["labels"]
+    lines = [
+        f"Each method pretrained for {args.minutes:g} minutes on {args.data} (small-cnn, batch 256 unless noted), "
+        f"then frozen; top-1 % on the test split. Few-label: {n} labels, class-balanced; both baselines are "
+        "measured inside each run. Mean ± std over seeds where there is more than one.",
+        "",
+        f"| method | family | seeds | steps | last pretext acc | kNN | linear, all labels | few-label SSL | "
+        f"few-label random init | few-label scratch | SSL − random init |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, rs in by_method.items():
+        few = [r["eval"]["few_label"] for r in rs]
+        gain = [f["ssl"] - f["random_init"] for f in few]
+        lines.append(
+            f"| {method} | {METHODS[method].family} | {','.join(str(r['seed']) for r in rs)} | "
+            f"{', '.join(str(r['train']['steps']) for r in rs)} | {pct([r['pretext'] for r in rs])} | "
+            f"{pct([r['eval']['knn']['top1'] for r in rs])} | {pct([r['eval']['linear']['top1'] for r in rs])} | "
+            f"{pct([f['ssl'] for f in few])} | {pct([f['random_init'] for f in few])} | "
+            f"{pct([f['supervised_scratch'] for f in few])} | {'+' if statistics.mean(gain) >= 0 else ''}"
+            f"{100 * statistics.mean(gain):.1f} |")
+    notes = sorted({f"{r['method']}: `{' '.join(r['overrides'])}`" for r in rows if r["overrides"]})
+    if notes:
+        lines += ["", "Settings beyond the defaults: " + "; ".join(notes) + "."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: every registered method)")
+    p.add_argument("--set", action="append", default=[], help="a config override for every method")
+    p.add_argument("--out", default="bench/out/methods")
+    args = p.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method {unknown[0]}; registered: {', '.join(METHODS)}")
+    for method in methods:
+        for seed in args.seeds:
+            run_one(method, seed, args)
+            write_section(f"methods-table-{args.data}-{args.minutes:g}min",
+                          f"Every method at {args.minutes:g} minutes on {args.data}", table(finished_rows(args), args))
+    print(table(finished_rows(args), args))
+
+
+if __name__ == "__main__":
+    main()
