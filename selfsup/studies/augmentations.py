@@ -142,7 +142,8 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float | None, 
         # The winner is chosen on held-out training labels, never on the test split.
         b1, b2 = max(validation, key=validation.get)
         what = f"{b1} then {b2}" if b1 != b2 else f"{b1} alone"
-        log(f"best composition (chosen on validation labels): {what}: validation top-1 "
+        partial = f" (so far: {len(results)} of {len(cells)} cells)" if len(results) < len(cells) else ""
+        log(f"best composition{partial} (chosen on validation labels): {what}: validation top-1 "
             f"{validation[(b1, b2)]:.4f}, test top-1 {results[(b1, b2)]:.4f}")
     return {f"{a}+{b}": v for (a, b), v in results.items()}
 
