@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test setup data browser bench clean help
+.PHONY: run test setup data photos browser bench clean help
 
 help:
 	@echo "make run    set up (.venv, Fashion-MNIST) and pretrain SimCLR for 5 minutes, then evaluate"
 	@echo "make test   set up and run the test suite"
 	@echo "make bench  run the benchmarks (minutes to hours; writes docs/benchmarks.md)"
+	@echo "make photos colour photographs for the colour-only studies (Debian's mate-backgrounds)"
 
 $(BIN)/selfsup: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ setup: $(BIN)/selfsup
 # Fashion-MNIST: Debian's package when we may install it, else torchvision's download (scripts/get-data.sh says which).
 data: setup
 	@sh scripts/get-data.sh $(BIN)
+
+# Colour photographs for the colour-only studies (Debian's mate-backgrounds when we may install it).
+photos:
+	@sh scripts/get-photos.sh
 
 run: data
 	$(BIN)/selfsup run --data fashion-mnist --method simclr --minutes 5 $(ARGS)
