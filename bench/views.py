@@ -4,6 +4,11 @@
 Prints images per second (each image yields two views) and writes the table into docs/benchmarks.md. Both sides get the same CPU: the
 recipe runs in this process with --threads torch threads, torchvision in --workers DataLoader workers (one
 thread each, PyTorch's default in workers). Inputs are random uint8 images, which cost the same as real ones.
+--stages also prints where the recipe's time goes, stage by stage (nothing is written for it).
+
+The recipe's threads split every op of a chunk between them, so they meet at a barrier after each op: on a machine
+other jobs load, one descheduled thread stalls the other and 2 threads can run far slower than 1 (--threads 1);
+torchvision's worker processes do not share that fate. Compare on a quiet machine.
 """
 
 from __future__ import annotations
@@ -66,6 +71,33 @@ def bench_recipe(images: torch.Tensor, size: int, batch: int, batches: int) -> f
     return batches * batch / (time.perf_counter() - start)
 
 
+def stage_times(images: torch.Tensor, size: int, batch: int, batches: int) -> dict[str, float]:
+    """Seconds per batch in each stage of the simclr recipe, and in the rest of the call ("other": the uint8 to
+    float conversion, copying chunks into the views, Python)."""
+    recipe = build(ViewsConfig(), images.shape[1], size)
+    spent: dict[str, float] = {}
+
+    def timed(stage, name):
+        def run(x, g):
+            start = time.perf_counter()
+            x = stage(x, g)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+            return x
+        return run
+
+    for group in recipe.groups:
+        group.stages = [timed(stage, getattr(stage, "func", stage).__name__) for stage in group.stages]
+    g = torch.Generator().manual_seed(0)
+    recipe(images[:batch], g)  # warm-up
+    spent.clear()
+    start = time.perf_counter()
+    for i in range(batches):
+        recipe(images[torch.arange(i * batch, (i + 1) * batch) % len(images)], g)
+    total = time.perf_counter() - start
+    spent["other"] = total - sum(spent.values())
+    return {name: t / batches for name, t in spent.items()}
+
+
 def bench_torchvision(images: torch.Tensor, size: int, batch: int, batches: int, workers: int) -> float:
     """Images per second of torchvision v2 per sample in a DataLoader (two views per image)."""
     ds = TwoViews(images, torchvision_pipeline(ViewsConfig(), images.shape[1], size))
@@ -125,6 +157,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads for the recipe (default: PyTorch's)")
     p.add_argument("--data", default="fashion-mnist", help="data for the share-of-a-step measurement")
     p.add_argument("--steps", type=int, default=10, help="timed SimCLR steps for the share-of-a-step measurement")
+    p.add_argument("--stages", action="store_true", help="also print the recipe's time per stage")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,6 +172,11 @@ def main() -> None:
             ours = bench_recipe(images, size, args.batch, args.batches)
             theirs = bench_torchvision(images, size, args.batch, max(2, args.batches // 3), args.workers)
             print(f"{size:>5} {c:>3} {ours:>10.0f} {theirs:>12.0f} {ours / theirs:>8.1f}x", flush=True)
+            if args.stages:
+                spent = stage_times(images, size, args.batch, args.batches)
+                total = sum(spent.values())
+                print("      " + ", ".join(f"{name} {1000 * t:.1f} ms ({100 * t / total:.0f}%)"
+                                          for name, t in spent.items()), flush=True)
             rows.append(f"| {size} | {c} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.1f}x |")
     views_s, step_s = step_share(args.data, args.batch, args.steps)
     share = f"Share of a SimCLR training step spent in views ({args.data}, batch {args.batch}, default backbone " \

@@ -167,6 +167,63 @@ def test_colour_adjustments_match_torchvision(channels):
             close(y[i], theirs(x[i], f[i].item()), atol)
 
 
+def test_hue_matches_torchvision_on_hard_pixels():
+    """adjust_hue computes the rotation directly in RGB; check it against torchvision's HSV round trip on grey
+    pixels, ties between channels (red/green first on ties), saturated colours, uint8 levels and any factor."""
+    g = gen(7)
+    x = torch.rand((48, 3, 6, 8), generator=g)
+    x[:16] = (x[:16] * 3).round() / 3  # few levels: many ties and greys
+    x[16:24] = (x[16:24] * 255).round() / 255
+    x[24:28, :, :, :2] = x[24:28, :1, :, :2]  # grey columns
+    x[28:32] = (x[28:32] > 0.5).float()  # primaries, secondaries, black and white
+    hues = torch.rand(48, generator=g) - 0.5
+    hues[:6] = torch.tensor([-0.5, 0.5, 0.0, 1 / 6, -1 / 3, 1e-7])
+    y = ops.adjust_hue(x, hues)
+    for i in range(len(x)):
+        close(y[i], TF.adjust_hue(x[i], hues[i].item()), 1e-5)
+    assert y.min() >= 0 and y.max() <= 1
+    greys = x[24:28, :, :, :2]
+    assert torch.equal(y[24:28, :, :, :2], greys)  # a grey pixel has no hue to rotate
+
+
+def test_fused_crop_and_flip_equal_crop_then_hflip_bit_for_bit():
+    for c in (1, 3):
+        x = images(b=40, c=c, h=20, w=24)
+        g = gen(3)
+        separate = ops.hflip(ops.random_resized_crop(x, g, (16, 12), scale=(0.2, 1.0)), g, p=0.5)
+        fused = ops.random_resized_crop(x, gen(3), (16, 12), scale=(0.2, 1.0), flip_p=0.5)
+        assert torch.equal(fused, separate)
+    # The recipes fold the flip into the crop's grid; the views are those of the ops applied one after another.
+    imgs = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8, generator=gen())
+    r = build(ViewsConfig(recipe="supervised"), 3, 20, n_views=1)
+    g = gen(5)
+    by_hand = ops.hflip(ops.random_resized_crop(imgs.float() / 255, g, 20, scale=(0.6, 1.0)), g, p=0.5)
+    assert torch.equal(r(imgs, gen(5))[0], by_hand)
+
+
+@pytest.mark.parametrize("name", ["color_jitter", "random_grayscale", "gaussian_blur"])
+def test_inplace_ops_give_the_same_result_in_the_input_buffer(name):
+    op = {"color_jitter": lambda x, g, **kw: ops.color_jitter(x, g, 0.8, 0.8, 0.8, 0.2, **kw),
+          "random_grayscale": lambda x, g, **kw: ops.random_grayscale(x, g, p=0.5, **kw),
+          "gaussian_blur": lambda x, g, **kw: ops.gaussian_blur(x, g, kernel_size=5, **kw)}[name]
+    for c in (1, 3):
+        x = images(b=10, c=c)
+        expected = op(x, gen(4))
+        buffer = x.clone()
+        assert torch.equal(op(buffer, gen(4), inplace=True), expected)
+        if not (name == "random_grayscale" and c == 1):
+            assert torch.equal(buffer, expected)
+
+
+def test_random_grayscale_keeps_or_replaces_each_sample_exactly():
+    x = images(b=200, h=4, w=4)
+    y = ops.random_grayscale(x, gen(1), p=0.5)
+    gray = ops.grayscale(x)
+    kept = (y == x).flatten(1).all(1)
+    replaced = (y == gray).flatten(1).all(1)
+    assert (kept | replaced).all() and 60 < replaced.sum() < 140
+
+
 def test_grayscale_matches_torchvision():
     x = images()
     y = ops.grayscale(x)
@@ -353,6 +410,12 @@ def test_recipe_in_cpu_chunks_keeps_order_shapes_and_determinism(monkeypatch):
     flat = (torch.arange(5, dtype=torch.uint8) * 50).view(5, 1, 1, 1).expand(5, 3, 20, 20).contiguous()
     for v in r(flat, gen(3)):
         close(v, flat.float() / 255, 1e-6)  # bilinear weights sum to 1 up to rounding
+    # Chunks of 12 over 4 views of 5: a chunk spans three views, the next two; with the simclr stages.
+    monkeypatch.setattr(recipes, "CPU_CHUNK_BYTES", 12 * 4 * 20 * 20 * 3)
+    views = build(ViewsConfig(color=ColorConfig(p=0.0), gray=GrayConfig(p=0.0)), 3, 20, n_views=4)(flat, gen(3))
+    assert len(views) == 4
+    for v in views:
+        close(v, flat.float() / 255, 1e-6)
 
 
 def test_recipe_names_mark_one_channel_noops_and_blur_by_size():
@@ -365,7 +428,9 @@ def test_recipe_names_mark_one_channel_noops_and_blur_by_size():
     assert "saturation 0.8" in rgb[2] and "hue 0.2" in rgb[2] and "skipped" not in rgb[2]
     assert rgb[3] == "grayscale (p=0.2)" and rgb[4].startswith("gaussian blur (p=0.5")
     assert build(ViewsConfig(blur=BlurConfig(p=0.3)), 3, 28).names[4].startswith("gaussian blur (p=0.3")
-    assert len(build(ViewsConfig(blur=BlurConfig(p=0.0), gray=GrayConfig(p=0.0), color=ColorConfig(strength=0.0)), 3, 28).stages) == 2
+    # Only the crop runs: the flip is folded into it (its name stays listed).
+    bare = build(ViewsConfig(blur=BlurConfig(p=0.0), gray=GrayConfig(p=0.0), color=ColorConfig(strength=0.0)), 3, 28)
+    assert len(bare.stages) == 1 and bare.names[1] == "horizontal flip (p=0.5)"
 
 
 def test_recipe_errors_name_the_problem():

@@ -73,8 +73,9 @@ def _factor_range(v: Range, name: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _on_subset(x: Tensor, mask: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """fn(x[idx], idx) written back into a copy of x, for the samples where mask is True; the others untouched.
+def _on_subset(x: Tensor, mask: Tensor, fn: Callable[[Tensor, Tensor], Tensor], inplace: bool = False) -> Tensor:
+    """fn(x[idx], idx) written back into a copy of x (into x itself if inplace), for the samples where mask is
+    True; the others untouched.
 
     Running an expensive op only on the samples it applies to costs one index gather/scatter instead of
     computing it for the whole batch and throwing most of it away.
@@ -83,25 +84,30 @@ def _on_subset(x: Tensor, mask: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) 
     if idx.numel() == 0:
         return x
     if idx.numel() == x.shape[0]:
-        return fn(x, idx)
-    out = x.clone()
-    out[idx] = fn(x[idx], idx)
-    return out
+        return x.copy_(fn(x, idx)) if inplace else fn(x, idx)
+    return (x if inplace else x.clone()).index_copy_(0, idx, fn(x.index_select(0, idx), idx))
 
 
 def _where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return torch.where(mask.view(-1, 1, 1, 1), a, b)
+    """Per sample a where mask is True, else b (broadcast as torch.where), computed as lerp(b, a, mask).
+
+    lerp is exact at weights 0 and 1 for finite values, and on a CPU it runs several times faster than
+    torch.where with a broadcast (B, 1, 1, 1) condition.
+    """
+    return torch.lerp(b, a, mask.to(a.dtype).view(-1, 1, 1, 1))
 
 
 # ------------------------------------------------------------------------------------- crops and resizing
 
-def resized_crop(x: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> Tensor:
+def resized_crop(x: Tensor, boxes: Tensor, size: int | tuple[int, int], flip: Tensor | None = None) -> Tensor:
     """Crop box (top, left, height, width) of each sample, resized bilinearly to `size`, in one grid_sample call.
 
     Matches torchvision's `resized_crop(..., antialias=False)` bilinear: output pixel centres map into the crop
     with align_corners=False and sample coordinates are clamped to the crop (as `interpolate` clamps to its
     input), so pixels outside the box never bleed in. Boxes must lie inside the image; fractional boxes work.
     Without antialiasing, shrinking a crop by more than 2x aliases; the recipes only enlarge crops.
+    flip: optional (B,) bool, mirror those crops left-right, bit-exactly as `hflip` on the output would, for free:
+    only the sampling grid's columns are reversed.
     """
     x = _check(x)
     B, _, H, W = x.shape
@@ -116,6 +122,8 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> Tenso
         return (2 * pix + 1) / n_in - 1  # pixel -> normalized coordinate for align_corners=False
 
     gx, gy = axis(left, w, ow, W), axis(top, h, oh, H)
+    if flip is not None:
+        gx = torch.where(flip.to(x.device).view(B, 1), gx.flip(1), gx)
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (B, oh, ow, 2) as (x, y)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -162,15 +170,19 @@ def crop_boxes(g: torch.Generator, n: int, height: int, width: int, scale: tuple
 
 def random_resized_crop(x: Tensor, g: torch.Generator, size: int | tuple[int, int],
                         scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.0) -> Tensor:
     """A random crop of area fraction in `scale` and aspect ratio in `ratio` per sample, resized to `size`.
 
     Paper default (SimCLR, Inception-style crop): scale (0.08, 1), ratio (3/4, 4/3), then resize to 224. Works the
-    same on any channel count.
+    same on any channel count. flip_p > 0 also mirrors each crop with that probability, drawing the coins after
+    the boxes: the same output as this op followed by `hflip(p=flip_p)` on the same generator, without the
+    flip's two passes over the batch (the recipes fuse crop and flip this way).
     """
     x = _check(x)
     B, _, H, W = x.shape
-    return resized_crop(x, crop_boxes(g, B, H, W, scale, ratio, x.device), size)
+    boxes = crop_boxes(g, B, H, W, scale, ratio, x.device)
+    flip = _coins(g, B, flip_p, x.device) if flip_p > 0 else None
+    return resized_crop(x, boxes, size, flip)
 
 
 def multicrop_sizes(size: int) -> tuple[int, int]:
@@ -278,13 +290,18 @@ def grayscale(x: Tensor) -> Tensor:
     return luma(x).expand_as(x).contiguous()
 
 
-def random_grayscale(x: Tensor, g: torch.Generator, p: float = 0.2) -> Tensor:
-    """Convert each sample to grayscale (keeping C channels) with probability p (SimCLR: 0.2). No-op on 1 channel."""
+def random_grayscale(x: Tensor, g: torch.Generator, p: float = 0.2, inplace: bool = False) -> Tensor:
+    """Convert each sample to grayscale (keeping C channels) with probability p (SimCLR: 0.2). No-op on 1 channel.
+
+    inplace: overwrite x (the recipes do, on their own intermediate batches).
+    """
     x = _check(x)
     apply = _coins(g, x.shape[0], p, x.device)
     if x.shape[1] == 1:
         return x
-    return _where(apply, grayscale(x), x)
+    # luma broadcasts over the channels, not repeated; lerp is exact at weights 0 and 1 (see _where).
+    weight = apply.to(x.dtype).view(-1, 1, 1, 1)
+    return x.lerp_(luma(x), weight) if inplace else torch.lerp(x, luma(x), weight)
 
 
 def _blend(x: Tensor, ref: Tensor, factor: Tensor) -> Tensor:
@@ -316,77 +333,116 @@ def adjust_saturation(x: Tensor, factor: float | Tensor) -> Tensor:
 def adjust_hue(x: Tensor, factor: float | Tensor) -> Tensor:
     """Rotate the hue in HSV space by a per-sample factor in [-0.5, 0.5] of a full turn. No-op on 1 channel.
 
-    A hue rotation keeps each pixel's max and min, so the output needs only the new hue h' (in sixths of a turn):
-    channel = min + (max - min) * clamp(|k - 2| - 1, 0, 1) with k = (h' + n) mod 6 and n = 5, 3, 1 for R, G, B,
-    the piecewise-linear HSV -> RGB map written without a sector table.
+    Same result as torchvision's `adjust_hue` (RGB -> HSV, shift, HSV -> RGB) up to float rounding, computed
+    directly on RGB: see `_hue_into`.
     """
     x = _check(x)
     if x.shape[1] == 1:
         return x
+    return _hue_into(x, _per_sample(factor, x.shape[0], x.device), torch.empty_like(x))
+
+
+def _hue_into(x: Tensor, factor: Tensor, out: Tensor) -> Tensor:
+    """adjust_hue of the 3-channel batch x by (B, 1, 1, 1) factors, written into `out` (which may be x itself).
+
+    A hue rotation keeps each pixel's max and min, so the output needs only the new hue h' (in turns):
+    channel = min + (max - min) * clamp(6 |frac(h' + n) - 1/3| - 1, 0, 1) with n = 5/6, 3/6, 1/6 for R, G, B,
+    torchvision's piecewise-linear HSV -> RGB map written without a sector table. About 40 elementwise passes over
+    a plane, none of them torch.where, a comparison or a remainder, each of which costs several adds on a CPU;
+    the old RGB -> hue -> RGB version with those ran 3-4x slower.
+    """
     B, C, H, W = x.shape
     # Channel planes as (B, H*W) rows: elementwise ops on the (B, H, W) channel views run row by row, far slower.
     r, g, b = x.reshape(B, C, H * W).unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    minc = torch.minimum(torch.minimum(r, g), b)
+    maxc = torch.maximum(r, g)
+    torch.maximum(maxc, b, out=maxc)
+    minc = torch.minimum(r, g)
+    torch.minimum(minc, b, out=minc)
     delta = maxc - minc
-    # Grey pixels (delta 0) have numerators 0 and any hue works; the floor only avoids 0/0. Where delta is below
-    # it the hue is off but the output moves by less than delta < 1e-12.
-    safe = delta.clamp_min(1e-12)
-    # Hue in sixths of a turn, red first on ties as torchvision; in-place ops keep the number of buffers down.
-    hue = torch.where(maxc == g, (b - r).div_(safe).add_(2), (r - g).div_(safe).add_(4))
-    hue = torch.where(maxc == r, (g - b).div_(safe), hue)
-    hue.add_(6 * _per_sample(factor, B, x.device).view(B, 1))
-    k = torch.remainder(hue.unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1), 6)
-    weight = k.sub_(2).abs_().sub_(1).clamp_(0, 1)
-    # Rounding in min + (max - min) can step an ulp past max, hence the clamp.
-    return torch.addcmul(minc.unsqueeze(1), delta.unsqueeze(1), weight).clamp_(0, 1).view(B, C, H, W)
+    # Hue times delta, in sixths of a turn, from the max channel: 4 delta + r - g (blue), 2 delta + b - r (green),
+    # g - b (red). torchvision breaks ties red first, then green; at a tie both formulas give the same hue.
+    # sign(max - channel) is 0 where the channel is the max and 1 elsewhere, and lerp is exact at weights 0 and 1.
+    num = torch.sub(r, g).add_(delta, alpha=4)
+    other = torch.sub(b, r).add_(delta, alpha=2)
+    below = torch.sub(maxc, g).sign_()
+    torch.lerp(other, num, below, out=num)
+    torch.sub(g, b, out=other)
+    torch.sub(maxc, r, out=below).sign_()
+    torch.lerp(other, num, below, out=num)
+    low = torch.sub(minc, delta, out=below)
+    delta6 = delta.mul_(6)
+    # Grey pixels (delta 0) have num 0 and any hue works; the floor only avoids 0/0. Where delta is below it the
+    # hue is off but the output moves by less than delta < 1e-12.
+    num.div_(torch.clamp_min(delta6, 1e-12, out=other))  # hue in turns, in [-1/6, 5/6]
+    # x is read for the last time above, so `out` may alias it from here on.
+    # Per channel: frac(hue + factor + n + 1), the + 1 keeping the argument positive so frac is a modulo.
+    n = torch.tensor([5 / 6 + 1, 3 / 6 + 1, 1 / 6 + 1], device=x.device).view(1, 3, 1)
+    u = out.view(B, C, H * W)
+    torch.add(num.unsqueeze(1), factor.view(B, 1, 1) + n, out=u).frac_().sub_(1 / 3).abs_()
+    # min + delta * clamp(6u - 1, 0, 1) = clamp((min - delta) + 6 delta u, min, max), which also keeps rounding
+    # inside [min, max] and so inside [0, 1].
+    torch.addcmul(low.unsqueeze(1), delta6.unsqueeze(1), u, out=u)
+    u.clamp_(minc.unsqueeze(1), maxc.unsqueeze(1))
+    return out
 
 
 def jitter(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, hue: Tensor,
-           order: Tensor) -> Tensor:
+           order: Tensor, inplace: bool = False) -> Tensor:
     """Apply brightness, contrast, saturation and hue with (B,) factors in a per-sample order.
 
     order: (B, 4) permutations of 0=brightness, 1=contrast, 2=saturation, 3=hue, as torchvision's ColorJitter's
     `fn_idx`. Vectorised in 4 rounds; in round r every sample gets the op order[:, r] names. Brightness, contrast
     and saturation are all blends f*x + (1-f)*ref (ref = 0, mean luma, luma), so one fused blend serves every
     sample whatever its op; hue runs only on the samples whose op it is. Factors of 1 (hue 0) are exact no-ops.
-    Saturation and hue are skipped on one channel.
+    Saturation and hue are skipped on one channel. inplace: overwrite x rather than a new buffer.
     """
     x = _check(x)
-    B = x.shape[0]
+    B, C = x.shape[:2]
     dev = x.device
-    factors = torch.stack([brightness, contrast, saturation], 1).to(dev, torch.float32)  # (B, 3)
+    factors = torch.stack([brightness, contrast, saturation, torch.ones_like(brightness)], 1).to(dev, torch.float32)
     hue = hue.to(dev, torch.float32)
-    order = order.to(dev)
-    one = torch.ones(B, 1, device=dev)
+    order = order.to(dev).long()
+    if C == 1:
+        order = torch.where(order == 2, 3, order)  # saturation is a no-op on one channel; hue is skipped below
+    out = x if inplace else torch.empty_like(x)  # every round writes here: one buffer, not one per round
+    x3, out3 = x.reshape(B, C, -1), out.view(B, C, -1)
+    ref = torch.empty_like(out3[:, 0])
     for r in range(4):
-        op = order[:, r]
-        if x.shape[1] == 1:
-            op = torch.where(op == 2, 3, op)  # saturation is a no-op on one channel; hue is skipped below
-        f = torch.cat([factors, one], 1).gather(1, op.view(B, 1).long()).view(B, 1, 1, 1)
-        # Brightness, contrast and saturation as f*x + (1-f)*ref with ref = 0, mean luma, luma; written as
-        # x*f + [(1-f) mean] + [(1-f)] luma with 0/1 selectors on the bracketed terms, in place on one buffer.
-        # Exact for f=1, and the same arithmetic as torchvision's blend for the selected op.
-        gray = luma(x)
+        op = order[:, r:r + 1]  # (B, 1)
+        f = factors.gather(1, op)
         keep = 1 - f
-        out = x * f
-        out.add_(keep * (op == 1).float().view(B, 1, 1, 1) * gray.mean(dim=(1, 2, 3), keepdim=True))
-        if x.shape[1] == 3:
-            out.addcmul_(gray, keep * (op == 2).float().view(B, 1, 1, 1))
-        x = out.clamp_(0, 1)
-        if x.shape[1] == 3:
-            x = _on_subset(x, (op == 3) & (hue != 0), lambda xs, idx: adjust_hue(xs, hue[idx]))
-    return x
+        # f*x + (1-f)*ref with ref = 0 (brightness), the mean luma (contrast) or the luma (saturation), computed
+        # for every sample as f*x + [alpha*luma + beta] with per-sample alpha, beta zero for the ops that do not
+        # use them: exact for f=1, and the same arithmetic as torchvision's blend for the selected op.
+        if C == 3:
+            # luma, its mean for contrast, then alpha * luma + beta: 6 passes over one plane.
+            red, green, blue = x3.unbind(1)
+            torch.mul(red, LUMA[0], out=ref).add_(green, alpha=LUMA[1]).add_(blue, alpha=LUMA[2])
+            beta = keep * (op == 1) * ref.mean(1, keepdim=True)
+            ref.mul_(keep * (op == 2)).add_(beta)
+            torch.addcmul(ref.unsqueeze(1), x3, f.view(B, 1, 1), out=out3)
+        else:
+            beta = keep * (op == 1) * x3.mean(2)
+            # mul then add: addcmul with a broadcast (B, 1, 1) first operand is several times slower on a CPU.
+            torch.mul(x3, f.view(B, 1, 1), out=out3).add_(beta.view(B, 1, 1))
+        out.clamp_(0, 1)
+        x3 = out3  # later rounds work in place on the output buffer
+        if C == 3:
+            idx = ((op.view(B) == 3) & (hue != 0)).nonzero().squeeze(1)
+            if idx.numel():
+                part = out.index_select(0, idx)
+                out.index_copy_(0, idx, _hue_into(part, hue[idx].view(-1, 1, 1, 1), part))
+    return out
 
 
 def color_jitter(x: Tensor, g: torch.Generator, brightness: Range = 0.4, contrast: Range = 0.4,
-                 saturation: Range = 0.4, hue: Range = 0.1, p: float = 0.8) -> Tensor:
+                 saturation: Range = 0.4, hue: Range = 0.1, p: float = 0.8, inplace: bool = False) -> Tensor:
     """With probability p per sample, jitter brightness, contrast, saturation and hue in a random order.
 
     torchvision ColorJitter semantics: factors ~ U(max(0, 1-s), 1+s) for brightness/contrast/saturation (or a
     given (low, high)), hue ~ U(-h, h) with h <= 0.5, a fresh permutation of the four per sample. Paper default
     (SimCLR, strength s=1): 0.8, 0.8, 0.8, 0.2 with p=0.8; torchvision's own defaults are 0 (off). On one channel
-    only brightness and contrast act.
+    only brightness and contrast act. inplace: overwrite x (the recipes do, on their own intermediate batches).
     """
     x = _check(x)
     B, dev = x.shape[0], x.device
@@ -405,7 +461,7 @@ def color_jitter(x: Tensor, g: torch.Generator, brightness: Range = 0.4, contras
     # Samples that skip the jitter get identity factors, which jitter() applies as exact no-ops.
     fb, fc, fs = (torch.where(apply, f, torch.ones_like(f)) for f in (fb, fc, fs))
     fh = torch.where(apply, fh, torch.zeros_like(fh))
-    return jitter(x, fb, fc, fs, fh, order)
+    return jitter(x, fb, fc, fs, fh, order, inplace)
 
 
 def solarize_at(x: Tensor, threshold: float | Tensor) -> Tensor:
@@ -454,17 +510,18 @@ def blur(x: Tensor, sigma: float | Tensor, kernel_size: int) -> Tensor:
 
 
 def gaussian_blur(x: Tensor, g: torch.Generator, sigma: tuple[float, float] = (0.1, 2.0),
-                  kernel_size: int | None = None, p: float = 0.5) -> Tensor:
+                  kernel_size: int | None = None, p: float = 0.5, inplace: bool = False) -> Tensor:
     """Blur each sample with probability p, sigma ~ U(sigma) per sample (SimCLR: sigma 0.1-2, p=0.5 on ImageNet).
 
-    kernel_size None: about 10% of the shorter side, odd (SimCLR's choice). Any channel count.
+    kernel_size None: about 10% of the shorter side, odd (SimCLR's choice). Any channel count. inplace: write the
+    blurred samples into x (the recipes do, on their own intermediate batches).
     """
     x = _check(x)
     B, _, H, W = x.shape
     k = blur_kernel_size(min(H, W)) if kernel_size is None else int(kernel_size)
     s = _uniform(g, B, float(sigma[0]), float(sigma[1]), x.device)
     apply = _coins(g, B, p, x.device)
-    return _on_subset(x, apply, lambda xs, idx: blur(xs, s[idx], k))
+    return _on_subset(x, apply, lambda xs, idx: blur(xs, s[idx], k), inplace)
 
 
 def gaussian_noise(x: Tensor, g: torch.Generator, sigma: Range = (0.0, 0.1), p: float = 1.0) -> Tensor:

@@ -2,8 +2,10 @@
 
 A recipe is a list of stages, each a view op with its parameters bound. All views of a batch go through the
 stages together as one batch of n_views * B images (every sample still draws its own parameters), which costs
-one call per op instead of one per view; on a CPU that batch is cut into cache-sized chunks. Ops that cannot act (saturation on one channel, blur turned off) are
-left out of the stages but still listed in `Recipe.names`, marked as skipped, so logs say what really ran.
+one call per op instead of one per view; on a CPU that batch is cut into cache-sized chunks. Stages work in place
+on the recipe's own buffers, and a flip right after the crop is folded into the crop's sampling grid; both give
+the same views as the ops applied one by one. Ops that cannot act (saturation on one channel, blur turned off)
+are left out of the stages but still listed in `Recipe.names`, marked as skipped, so logs say what really ran.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from selfsup.config import opt
 from selfsup.errors import SelfSupError
 from selfsup.views import ops
 
+# A stage may overwrite its input: a recipe only passes it batches the recipe made itself.
 Stage = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 # Float bytes per chunk of views processed together on a CPU: a few MB, about what stays in a core's cache.
@@ -128,25 +131,62 @@ class Recipe:
 
     def _run(self, group: ViewGroup, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         if not group.stages:
-            x = images.float().div_(255)  # the only uint8 -> float conversion, on the images' device
+            x = _to_float(images)
             if x.shape[-2:] != (group.size, group.size):
                 x = ops.resized_crop(x, _whole(x), group.size)
             return [x] + [x.clone() for _ in range(group.count - 1)]
-        batch = images.repeat(group.count, 1, 1, 1)  # still uint8: 1 byte a pixel
-        chunk = len(batch)
-        if batch.device.type == "cpu":
+        n, total = len(images), group.count * len(images)
+        chunk = total
+        if images.device.type == "cpu":
             # On a CPU every op is a pass over memory; chunks that stay in cache between ops run about twice as
             # fast at 96 px as one pass over the whole batch. A loop over chunks, not samples.
             per_image = 4 * images.shape[1] * max(images.shape[-2] * images.shape[-1], group.size ** 2)
             chunk = max(1, CPU_CHUNK_BYTES // per_image)
-        parts = []
-        for part in batch.split(chunk):
-            x = part.float().div_(255)  # the only uint8 -> float conversion, on the images' device
+        if chunk >= total:
+            x = _to_float(images.repeat(group.count, 1, 1, 1))
             for stage in group.stages:
                 x = stage(x, generator)
-            parts.append(x)
-        x = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return list(x.chunk(group.count))
+            return list(x.chunk(group.count))
+        # Sample i of the count * n views is image i % n. Each chunk's result is copied straight into its views:
+        # one output tensor per view rather than a final torch.cat into one, which at 96 px (56 MB) is over the
+        # largest block glibc's malloc recycles (32 MB), so it is mapped and page-faulted anew on every call.
+        # Stages may overwrite the chunk (see Stage).
+        views: list[torch.Tensor] = []
+        # One float buffer for every chunk's input: a fresh one per chunk costs page faults as the C allocator
+        # hands multi-MB blocks back to the system and takes them again, as much as the conversion itself.
+        scratch = torch.empty((chunk, *images.shape[1:]), dtype=torch.float32, device=images.device)
+        for start in range(0, total, chunk):
+            end = min(start + chunk, total)
+            pieces = [images[a:b] for _, a, b in _spans(start, end, n)]
+            x = scratch[:end - start]
+            if len(pieces) == 1:
+                x.copy_(pieces[0])
+            else:
+                torch.cat(pieces, out=x)
+            x = x.div_(255)  # as _to_float, without allocating
+            for stage in group.stages:
+                x = stage(x, generator)
+            if not views:
+                views = [x.new_empty((n, *x.shape[1:])) for _ in range(group.count)]
+            for view, a, b in _spans(start, end, n):
+                views[view][a:b] = x[view * n + a - start:view * n + b - start]
+        return views
+
+
+def _spans(start: int, end: int, n: int) -> list[tuple[int, int, int]]:
+    """Samples start..end of views of n samples each, as (view, first, last + 1) ranges within single views."""
+    spans = []
+    while start < end:
+        view, a = divmod(start, n)
+        b = min(n, a + end - start)
+        spans.append((view, a, b))
+        start += b - a
+    return spans
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [0, 1]: the only conversion, on the images' device."""
+    return images.float().div_(255)
 
 
 def _whole(x: torch.Tensor) -> torch.Tensor:
@@ -176,16 +216,23 @@ def _check_cfg(cfg: ViewsConfig) -> None:
 Named = tuple[Stage | None, str]
 
 
-def crop_stage(size: int, scale: tuple, ratio: tuple) -> Named:
+def crop_stage(size: int, scale: tuple, ratio: tuple, flip_p: float = 0.0) -> Named:
+    """Random resized crop; flip_p > 0 folds a horizontal flip into it (see `crop_and_flip`), same name."""
     name = (f"random resized crop to {size} px (scale {_fmt(scale[0])}-{_fmt(scale[1])}, "
             f"ratio {_fmt(ratio[0])}-{_fmt(ratio[1])})")
-    return partial(ops.random_resized_crop, size=size, scale=tuple(scale), ratio=tuple(ratio)), name
+    return partial(ops.random_resized_crop, size=size, scale=tuple(scale), ratio=tuple(ratio), flip_p=flip_p), name
 
 
 def flip_stage(p: float) -> Named:
     if p == 0:
         return None, "horizontal flip (off: p=0)"
     return partial(ops.hflip, p=p), f"horizontal flip (p={_fmt(p)})"
+
+
+def crop_and_flip(size: int, scale: tuple, ratio: tuple, flip_p: float) -> list[Named]:
+    """Crop then flip as one stage: the flip mirrors the crop's sampling grid, bit-identical to a separate flip
+    stage on the same generator but without its passes over the batch. The flip keeps its entry in the names."""
+    return [crop_stage(size, scale, ratio, flip_p), (None, flip_stage(flip_p)[1])]
 
 
 def color_stage(channels: int, strength: float, p: float, saturation: float | None = None,
@@ -197,10 +244,10 @@ def color_stage(channels: int, strength: float, p: float, saturation: float | No
     if strength == 0 or p == 0:
         return None, f"color jitter (off: {'strength 0' if strength == 0 else 'p=0'})"
     if channels == 1:
-        return (partial(ops.color_jitter, brightness=b, contrast=c, saturation=0.0, hue=0.0, p=p),
+        return (partial(ops.color_jitter, brightness=b, contrast=c, saturation=0.0, hue=0.0, p=p, inplace=True),
                 f"color jitter (p={_fmt(p)}; brightness {_fmt(b)}, contrast {_fmt(c)}, random order; "
                 "saturation and hue skipped: 1 channel)")
-    return (partial(ops.color_jitter, brightness=b, contrast=c, saturation=sat, hue=hue, p=p),
+    return (partial(ops.color_jitter, brightness=b, contrast=c, saturation=sat, hue=hue, p=p, inplace=True),
             f"color jitter (p={_fmt(p)}; brightness {_fmt(b)}, contrast {_fmt(c)}, "
             f"saturation {_fmt(sat)}, hue {_fmt(hue)}, random order)")
 
@@ -210,7 +257,7 @@ def gray_stage(channels: int, p: float) -> Named:
         return None, "grayscale (skipped: 1 channel)"
     if p == 0:
         return None, "grayscale (off: p=0)"
-    return partial(ops.random_grayscale, p=p), f"grayscale (p={_fmt(p)})"
+    return partial(ops.random_grayscale, p=p, inplace=True), f"grayscale (p={_fmt(p)})"
 
 
 def blur_stage(size: int, p: float, sigma: tuple, reason_off: str = "p=0") -> Named:
@@ -219,7 +266,7 @@ def blur_stage(size: int, p: float, sigma: tuple, reason_off: str = "p=0") -> Na
         return None, f"gaussian blur (off: {reason_off})"
     k = ops.blur_kernel_size(size)
     lo, hi = (float(v) for v in sigma)
-    return (partial(ops.gaussian_blur, sigma=(lo, hi), kernel_size=k, p=p),
+    return (partial(ops.gaussian_blur, sigma=(lo, hi), kernel_size=k, p=p, inplace=True),
             f"gaussian blur (p={_fmt(p)}; sigma {_fmt(lo)}-{_fmt(hi)}, kernel {k})")
 
 
@@ -232,7 +279,7 @@ def solarize_stage(p: float) -> Named:
 def _simclr_like(cfg: ViewsConfig, channels: int, size: int, default_blur: float, why_off: str) -> list[Named]:
     blur_p = cfg.blur.p if cfg.blur.p is not None else default_blur
     solarize_p = cfg.solarize.p or 0.0
-    stages = [crop_stage(size, cfg.crop.scale, cfg.crop.ratio), flip_stage(cfg.flip.p),
+    stages = [*crop_and_flip(size, cfg.crop.scale, cfg.crop.ratio, cfg.flip.p),
               color_stage(channels, cfg.color.strength, cfg.color.p), gray_stage(channels, cfg.gray.p),
               blur_stage(size, blur_p, cfg.blur.sigma, "p=0" if cfg.blur.p is not None else why_off)]
     # Solarization is not part of SimCLR or MoCo v2: listed only when asked for (views.solarize.p).
@@ -258,7 +305,7 @@ def _byol(cfg: ViewsConfig, channels: int, size: int, n_views: int) -> list[tupl
     for view, (blur_p, solarize_p) in enumerate([(1.0, 0.0), (0.1, 0.2)], start=1):
         blur_p = cfg.blur.p if cfg.blur.p is not None else blur_p
         solarize_p = cfg.solarize.p if cfg.solarize.p is not None else solarize_p
-        stages = [crop_stage(size, cfg.crop.scale, cfg.crop.ratio), flip_stage(cfg.flip.p),
+        stages = [*crop_and_flip(size, cfg.crop.scale, cfg.crop.ratio, cfg.flip.p),
                   color_stage(channels, cfg.color.strength, cfg.color.p, saturation=0.2 * cfg.color.strength / 0.5,
                               hue=0.1 * cfg.color.strength / 0.5),
                   gray_stage(channels, cfg.gray.p), blur_stage(size, blur_p, cfg.blur.sigma),
@@ -276,7 +323,7 @@ def _multicrop(cfg: ViewsConfig, channels: int, size: int, n_views: int) -> list
         if count == 0:
             continue
         blur_p = cfg.blur.p if cfg.blur.p is not None else (0.5 if side >= 64 else 0.0)
-        stages = [crop_stage(side, scale, cfg.crop.ratio), flip_stage(cfg.flip.p),
+        stages = [*crop_and_flip(side, scale, cfg.crop.ratio, cfg.flip.p),
                   color_stage(channels, cfg.color.strength, cfg.color.p), gray_stage(channels, cfg.gray.p),
                   blur_stage(side, blur_p, cfg.blur.sigma, "p=0" if cfg.blur.p is not None else "crops under 64 px")]
         groups.append((count, [(stage, f"{count} {kind}: {name}") for stage, name in stages], side))
@@ -284,7 +331,7 @@ def _multicrop(cfg: ViewsConfig, channels: int, size: int, n_views: int) -> list
 
 
 def _supervised(cfg: ViewsConfig, channels: int, size: int, n_views: int) -> list[tuple[int, list[Named], int]]:
-    return [(n_views, [crop_stage(size, (0.6, 1.0), cfg.crop.ratio), flip_stage(cfg.flip.p)], size)]
+    return [(n_views, crop_and_flip(size, (0.6, 1.0), cfg.crop.ratio, cfg.flip.p), size)]
 
 
 def _none(cfg: ViewsConfig, channels: int, size: int, n_views: int) -> list[tuple[int, list[Named], int]]:
