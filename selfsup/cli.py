@@ -149,6 +149,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     from selfsup.config import load_config
     from selfsup.studies.augmentations import run_study
 
+    if args.study == "shortcuts":
+        return cmd_study_shortcuts(args)
+    if args.study == "jigsaw-permutations":
+        return cmd_study_jigsaw(args)
+
     if args.steps_per_cell is not None and args.minutes_per_cell is not None:
         raise SelfSupError("give either --minutes-per-cell or --steps-per-cell, not both")
     minutes = args.minutes_per_cell if args.steps_per_cell is None else None
@@ -162,6 +167,48 @@ def cmd_study(args: argparse.Namespace) -> int:
     run_study(cfg, [o for o in args.ops.split(",") if o], minutes, out, args.mode, args.eval_limit,
               steps_per_cell=args.steps_per_cell)
     print(f"heatmap: {out / 'heatmap.png'}\ntable: {out / 'study.csv'}")
+    return 0
+
+
+def cmd_study_shortcuts(args: argparse.Namespace) -> int:
+    from selfsup.config import load_config
+    from selfsup.studies.shortcuts import run_study
+
+    if args.steps_per_cell is not None and args.minutes_per_cell is not None:
+        raise SelfSupError("give either --minutes-per-cell or --steps-per-cell, not both")
+    minutes = args.minutes_per_cell if args.minutes_per_cell is not None or args.steps_per_cell is not None else 2.0
+    tree = {"data": {"name": args.data}, "train": {"seed": args.seed}, "method": {"name": "relpatch"}}
+    if args.limit:
+        tree["data"]["limit"] = args.limit
+    cfg = load_config(tree, args.set)
+    out = Path(args.out or f"runs/study-shortcuts-{Path(args.data).name}")
+    cells = [c for c in args.cells.split(",") if c] if args.cells else None
+    run_study(cfg, minutes, out, cells, steps_per_cell=args.steps_per_cell, eval_limit=args.eval_limit)
+    print(f"figure: {out / 'shortcuts.png'}\ntable: {out / 'study.csv'}")
+    return 0
+
+
+def cmd_study_jigsaw(args: argparse.Namespace) -> int:
+    from selfsup.config import load_config
+    from selfsup.studies.jigsaw_permutations import run_study
+
+    if args.steps_per_cell is not None and args.minutes_per_cell is not None:
+        raise SelfSupError("give either --minutes-per-cell or --steps-per-cell, not both")
+    minutes = args.minutes_per_cell if args.minutes_per_cell is not None or args.steps_per_cell is not None else 2.0
+    try:
+        sizes = [int(p) for p in args.permutations.split(",") if p]
+    except ValueError:
+        raise SelfSupError(f"--permutations takes comma-separated numbers, e.g. 10,64,100,1000; "
+                           f"got {args.permutations!r}") from None
+    tree = {"data": {"name": args.data}, "train": {"seed": args.seed}, "method": {"name": "jigsaw"}}
+    if args.limit:
+        tree["data"]["limit"] = args.limit
+    cfg = load_config(tree, args.set)
+    out = Path(args.out or f"runs/study-jigsaw-permutations-{Path(args.data).name}")
+    run_study(cfg, sizes, [m for m in args.modes.split(",") if m], out,
+              minutes_per_cell=minutes if args.steps_per_cell is None else None,
+              steps_per_cell=args.steps_per_cell, eval_limit=args.eval_limit)
+    print(f"figure: {out / 'study.png'}\ntable: {out / 'study.csv'}")
     return 0
 
 
@@ -192,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
               methods   list the methods with their papers
               data      list sources, show what is where, fetch a data set
               views     save a picture of images and their views under a recipe
-              study     the augmentation study: a grid of short runs, a heatmap
+              study     studies of many short runs: augmentations (a heatmap), shortcuts (relative patch defences),
+                        jigsaw-permutations (the permutation-set ablation)
               config    list every config key with its default and advice
 
             `selfsup COMMAND --help` shows the options and examples of each command."""))
@@ -234,12 +282,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="experiments made of many short runs", formatter_class=raw,
                        description="The SimCLR augmentation study (Fig. 5 of the paper): one short pretraining per "
                                    "ordered pair of ops, then a linear probe; a heatmap PNG, a CSV and the winner. "
-                                   "A stopped study resumes: finished cells are not recomputed.",
+                                   "A stopped study resumes: finished cells are not recomputed. "
+                                   "shortcuts: relative patch location with its defences off and on (gap, jitter, "
+                                   "chroma; synthetic chromatic aberration on colour data): pretext accuracy beside "
+                                   "probe accuracy, and Doersch's absolute-position test; a PNG, a CSV, a conclusion. "
+                                   "jigsaw-permutations: jigsaw pretraining with permutation sets of several sizes "
+                                   "(and ways of choosing them), then linear and few-label probes; accuracy against "
+                                   "the set size and its minimum Hamming distance in a PNG, a CSV, a conclusion.",
                        epilog="examples:\n  selfsup study augmentations --minutes-per-cell 2\n"
                               "  selfsup study augmentations --ops crop,color,blur --minutes-per-cell 1 --mode paper\n"
                               "  selfsup study augmentations --data synthetic --ops crop,noise --minutes-per-cell 0.1\n"
-                              "  selfsup study augmentations --steps-per-cell 40 --out runs/study-40-steps\n")
-    p.add_argument("study", choices=["augmentations"])
+                              "  selfsup study augmentations --steps-per-cell 40 --out runs/study-40-steps\n"
+                              "  selfsup study shortcuts --data /usr/share/backgrounds/mate/nature "
+                              "--set data.crops_per_image=100 --set data.image_size=64 --minutes-per-cell 1\n"
+                              "  selfsup study shortcuts --data fashion-mnist --cells none,gap,gap+jitter "
+                              "--steps-per-cell 100\n"
+                              "  selfsup study jigsaw-permutations --steps-per-cell 300\n"
+                              "  selfsup study jigsaw-permutations --permutations 10,100,1000 --modes max,min "
+                              "--minutes-per-cell 1\n"
+                              "  selfsup study jigsaw-permutations --data synthetic --permutations 10,24 "
+                              "--steps-per-cell 5 --limit 512\n")
+    p.add_argument("study", choices=["augmentations", "shortcuts", "jigsaw-permutations"])
+    p.add_argument("--cells", help="shortcuts: comma-separated cells (none, gap, gap+jitter, all, aberration, "
+                                   "aberration+drop, aberration+project, aberration+replace); default all of them "
+                                   "(the first three on grayscale data)")
+    p.add_argument("--permutations", default="10,64,100,1000",
+                   help="jigsaw-permutations: comma-separated permutation-set sizes P")
+    p.add_argument("--modes", default="max",
+                   help="jigsaw-permutations: comma-separated ways of choosing each set: max (the paper's), "
+                        "maximin, min, random")
     p.add_argument("--data", default="fashion-mnist", help="source name or image folder")
     p.add_argument("--minutes-per-cell", type=float, help="pretraining budget of each cell in minutes (default 2)")
     p.add_argument("--steps-per-cell", type=int,
@@ -251,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=10000, help="labelled training images for each cell's probe")
     p.add_argument("--limit", type=int, help="pretrain on only N images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="study folder (default runs/study-augmentations-DATA)")
+    p.add_argument("--out", help="study folder (default runs/study-STUDY-DATA)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p = sub.add_parser("config", help="list config keys", formatter_class=raw,
                        description="List every config key with its default and advice (for --set and YAML files).",

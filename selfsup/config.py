@@ -32,8 +32,10 @@ def opt(default: Any, help: str, **checks: Any) -> Any:
 class DataConfig:
     name: str = opt("fashion-mnist", "Source name (fashion-mnist, cifar10, cifar100, stl10, synthetic) or an image folder path.")
     limit: int | None = opt(None, "Use only the first N training images (after a seeded shuffle); None uses all. For quick tries.", min=1)
-    image_size: int = opt(32, "Side in pixels that folder images are resized to (named sources keep their own size).", min=8)
+    image_size: int = opt(32, "Side in pixels that folder images are resized to, or of each crop with crops_per_image (named sources keep their own size).", min=8)
     synthetic_size: int = opt(6000, "Number of training images the synthetic source generates (test: a sixth of it).", min=10)
+    crops_per_image: int | None = opt(None, "Image folders: cut this many seeded random crops of image_size px from every photo instead of resizing the whole photo (for a personal collection of large photos). A flat folder then labels each crop with its photo. None: one resized image per file.", min=1)
+    crop_scale: int | None = opt(None, "With crops_per_image: the short side in pixels each photo is resized to before cutting, so a crop spans image_size / crop_scale of it. None: 4 x image_size (a crop spans a quarter of the short side).", min=8)
 
 
 @dataclass

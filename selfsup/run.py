@@ -42,11 +42,17 @@ def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, Ima
     """(train, test) for the run; with for_pretraining, (images to pretrain on, None).
 
     train is limited to data.limit images (a seeded choice); a folder has no test split, so a stratified fifth of
-    it is held out (and left out of pretraining too).
+    it is held out (and left out of pretraining too); crops of one photo stay on one side unless the label is the
+    photo itself (see splits.holdout).
     """
     d = cfg.data
     options = {"n": d.synthetic_size} if d.name == "synthetic" else {}
     is_folder = sources.is_folder(d.name)
+    if d.crops_per_image is not None:
+        if not is_folder:
+            raise SelfSupError(f"data.crops_per_image cuts crops from the photos of an image folder, but {d.name} is "
+                               "not a folder; remove it or give --data a folder of photos")
+        options = {"crops_per_image": d.crops_per_image, "crop_scale": d.crop_scale}
     split = PRETRAIN_SPLIT.get(d.name, "train") if for_pretraining else "train"
     train = sources.load(d.name, split, image_size=d.image_size, seed=cfg.train.seed, **options)
     test = None

@@ -252,3 +252,96 @@ def _folder_plan(root: Path, files: Sequence[Path], labels: Sequence[int], image
         return len(kept), {"root": str(root.resolve()), "labels": kept, "notes": notes, "mode": mode}
 
     return (len(readable), channels, image_size, image_size), fill
+
+
+def _decode_short_side(path: Path, short_side: int, mode: str) -> tuple[np.ndarray, bool]:
+    """One image file -> (uint8 (C, h, w) with min(h, w) == short_side, whether it had to be enlarged)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.draft(mode, (short_side, short_side))  # JPEG: decode at a reduced scale, never below the target
+        im = ImageOps.exif_transpose(im)
+        im = im.convert(mode)
+        w, h = im.size
+        scale = short_side / min(w, h)
+        size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
+        enlarged = scale > 1
+        if size != (w, h):
+            im = im.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        pixels = np.asarray(im, dtype=np.uint8)
+    return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), enlarged
+
+
+def crop_corners(height: int, width: int, crop: int, count: int, seed: int, index: int) -> np.ndarray:
+    """(count, 2) seeded top-left corners of crop x crop windows inside a height x width image (photo `index`)."""
+    rng = np.random.default_rng([seed, index])
+    return np.stack([rng.integers(0, height - crop + 1, count), rng.integers(0, width - crop + 1, count)], axis=1)
+
+
+def decode_folder_crops(root: Path, files: Sequence[Path], labels: Sequence[int], *, crop_size: int,
+                        crops_per_image: int, crop_scale: int, seed: int,
+                        mode: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Cut `crops_per_image` seeded random crops of `crop_size` px from every photo, its short side first resized
+    to `crop_scale`; cached like decode_folder. -> (images (N*K, C, S, S), labels, groups (the photo of each crop,
+    0.. in file order), notes). Crop k of a photo is always the same crop for the same seed and settings.
+    """
+    if mode not in ("auto", "RGB", "L"):
+        raise SelfSupError(f"unknown colour mode {mode!r} for an image folder: use 'auto', 'RGB' or 'L'")
+    if crops_per_image < 1:
+        raise SelfSupError(f"crops_per_image must be at least 1, got {crops_per_image}: use e.g. "
+                           "--set data.crops_per_image=100")
+    if crop_size > crop_scale:
+        raise SelfSupError(f"crops of {crop_size} px do not fit in photos resized to {crop_scale} px on their short "
+                           f"side: set data.crop_scale to at least {crop_size} (e.g. {4 * crop_size}) or lower "
+                           "data.image_size")
+    # Its own stem, so a folder's whole-image cache and its crop cache do not evict each other.
+    stem = ("".join(c if c.isalnum() or c in "-_." else "_" for c in root.resolve().name) or "folder") + "-crops"
+    key = files_key(root, files, labels=list(labels), image_size=crop_size, mode=mode,
+                    crops_per_image=crops_per_image, crop_scale=crop_scale, seed=seed)
+    cached = load_cached(stem, key)
+    if cached is None:
+        shape, _ = _folder_plan(root, files, labels, crop_size, mode)  # settles the channels, errors if none read
+        readable = [(p, lab) for p, lab in zip(files, labels) if _source_mode(p) is not None]
+        unreadable = sorted({p.relative_to(root).as_posix() for p in files} - {p.relative_to(root).as_posix()
+                                                                                 for p, _ in readable})
+        resolved = "L" if shape[1] == 1 else "RGB"
+
+        def fill_crops(array: np.ndarray) -> tuple[int, dict]:
+            kept_labels: list[int] = []
+            groups: list[int] = []
+            enlarged: list[str] = []
+            photo = 0
+            for path, label in readable:
+                try:
+                    pixels, grew = _decode_short_side(path, crop_scale, resolved)
+                except Exception:  # a header that parses can still hide a truncated file
+                    unreadable.append(path.relative_to(root).as_posix())
+                    continue
+                if grew:
+                    enlarged.append(path.relative_to(root).as_posix())
+                _, h, w = pixels.shape
+                row = len(kept_labels)
+                for k, (top, left) in enumerate(crop_corners(h, w, crop_size, crops_per_image, seed, photo)):
+                    array[row + k] = pixels[:, top:top + crop_size, left:left + crop_size]
+                kept_labels += [int(label)] * crops_per_image
+                groups += [photo] * crops_per_image
+                photo += 1
+            if not kept_labels:
+                raise SelfSupError(f"none of the {len(files)} image files in {root} could be decoded: put valid "
+                                   f"images in it (accepted extensions: {' '.join(IMAGE_EXTENSIONS)})")
+            notes = [f"cut {crops_per_image} random {crop_size} px crops from each of {photo} photos "
+                     f"(short side resized to {crop_scale} px first)"]
+            skipped = sorted(unreadable)
+            if skipped:
+                notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: "
+                             f"{name_list(skipped)}")
+            if enlarged:
+                notes.append(f"{len(enlarged)} photo{'s were' if len(enlarged) > 1 else ' was'} smaller than "
+                             f"data.crop_scale={crop_scale} px and enlarged: {name_list(sorted(enlarged))}")
+            return len(kept_labels), {"root": str(root.resolve()), "labels": kept_labels, "groups": groups,
+                                      "notes": notes, "mode": resolved}
+
+        cached = build_cached(stem, key, (len(readable) * crops_per_image, shape[1], crop_size, crop_size), fill_crops)
+    array, meta = cached
+    return (array, np.asarray(meta["labels"], dtype=np.int64), np.asarray(meta["groups"], dtype=np.int64),
+            list(meta["notes"]))

@@ -36,7 +36,8 @@ class ImageSet:
     """A set of images held as one uint8 tensor.
 
     images: (N, C, H, W) uint8; labels: (N,) int64, -1 where unknown; classes: class names in label order;
-    origin: where the files were found (a path, or "generated").
+    origin: where the files were found (a path, or "generated"); groups: (N,) int64 or None, images that must stay
+    on the same side of a train/test split (the crops of one photo).
     """
 
     images: torch.Tensor
@@ -45,6 +46,7 @@ class ImageSet:
     name: str
     origin: str
     notes: list[str] = field(default_factory=list)
+    groups: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -59,7 +61,8 @@ class ImageSet:
         return int(self.images.shape[-1])
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[index], self.labels[index], self.classes, self.name, self.origin, list(self.notes))
+        return ImageSet(self.images[index], self.labels[index], self.classes, self.name, self.origin, list(self.notes),
+                        None if self.groups is None else self.groups[index])
 
 
 SOURCES: dict[str, str] = {  # name -> one-line description, for `selfsup data info` and `--help`
@@ -343,7 +346,8 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], list[str]
     return files, labels, classes, notes
 
 
-def _load_folder(root: Path, split: str, image_size: int | None, mode: str = "auto") -> ImageSet:
+def _load_folder(root: Path, split: str, image_size: int | None, mode: str = "auto", seed: int = 0,
+                 crops_per_image: int | None = None, crop_scale: int | None = None) -> ImageSet:
     if split != "train":
         raise SelfSupError(f"an image folder has no '{split}' split: load split 'train' and hold out a test set "
                            f"with selfsup.data.splits.holdout(images, 0.2, seed) (`selfsup run` does this itself)")
@@ -354,16 +358,42 @@ def _load_folder(root: Path, split: str, image_size: int | None, mode: str = "au
     size = 32 if image_size is None else int(image_size)
     if size < 1:
         raise SelfSupError(f"image_size must be a positive number of pixels, got {size}: use e.g. 32")
+    if crops_per_image is not None:
+        return _load_folder_crops(root, files, labels, classes, notes, size, mode, seed, crops_per_image, crop_scale)
     images, kept_labels, decode_notes = cache.decode_folder(root, files, labels, image_size=size, mode=mode)
     return ImageSet(torch.from_numpy(images), torch.from_numpy(kept_labels), classes, root.resolve().name,
                     str(root), notes + decode_notes)
+
+
+def _load_folder_crops(root: Path, files: list[Path], labels: list[int], classes: list[str], notes: list[str],
+                       size: int, mode: str, seed: int, crops_per_image: int, crop_scale: int | None) -> ImageSet:
+    """K random crops of every photo. Labels: the photo's class sub-folder, or in a flat folder the photo itself
+    ("which photo is this crop from?"), so a flat folder of photos can still be evaluated."""
+    if crops_per_image < 1:
+        raise SelfSupError(f"crops_per_image must be at least 1, got {crops_per_image}: use e.g. "
+                           "--set data.crops_per_image=100")
+    scale = 4 * size if crop_scale is None else int(crop_scale)
+    flat = not classes
+    if flat:
+        labels = list(range(len(files)))
+        classes = [f.name for f in files]
+    images, kept_labels, groups, decode_notes = cache.decode_folder_crops(
+        root, files, labels, crop_size=size, crops_per_image=crops_per_image, crop_scale=scale, seed=seed, mode=mode)
+    if flat:
+        decode_notes.append(f"flat folder: each crop is labelled with its photo ({len(classes)} classes); a test "
+                            "split holds out a fifth of every photo's crops, which can overlap that photo's "
+                            "training crops, so the accuracy says how well features tell the scenes apart")
+    else:
+        decode_notes.append("a test split keeps all crops of a photo on one side (whole photos are held out)")
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(kept_labels), classes, root.resolve().name,
+                    str(root), notes + decode_notes, torch.from_numpy(groups))
 
 
 # --- the entry points --------------------------------------------------------------------------------------------
 
 _SPLITS = {"fashion-mnist": ("train", "test"), "cifar10": ("train", "test"), "cifar100": ("train", "test"),
            "stl10": ("train", "test", "unlabeled", "train+unlabeled"), "synthetic": ("train", "test")}
-_OPTIONS = {"synthetic": ("n", "channels"), "folder": ("mode",)}
+_OPTIONS = {"synthetic": ("n", "channels"), "folder": ("mode", "crops_per_image", "crop_scale")}
 
 
 def _canonical(name: str) -> str | None:
@@ -396,7 +426,9 @@ def load(name: str, split: str = "train", *, image_size: int | None = None, seed
 
     split: "train", "test", or "unlabeled" (stl10 only; "train+unlabeled" for stl10 gives both).
     image_size: folders (default 32) and synthetic (default 28) only; the other named sources keep their own size.
-    seed: synthetic only. options: synthetic takes n and channels (1 or 3); a folder takes mode ("auto", "RGB", "L").
+    seed: synthetic, and folder crops. options: synthetic takes n and channels (1 or 3); a folder takes mode
+    ("auto", "RGB", "L"), crops_per_image (K seeded random crops of image_size px per photo instead of one resized
+    image) and crop_scale (the short side photos are resized to before cropping; default 4 x image_size).
     Raises SelfSupError with a one-line fix when the files cannot be found or read.
     """
     source = _canonical(name)
@@ -406,7 +438,7 @@ def load(name: str, split: str = "train", *, image_size: int | None = None, seed
             raise _unknown(name) if not path.exists() else SelfSupError(
                 f"{path} is a file, not a folder: give a folder of images (flat or one sub-folder per class)")
         _check("folder", split, options)
-        return _load_folder(path, split, image_size, **options)
+        return _load_folder(path, split, image_size, seed=seed, **options)
     _check(source, split, options)
     if source == "synthetic":
         return _load_synthetic(split, image_size, seed, **options)

@@ -51,7 +51,12 @@ def few_label_split(labels: torch.Tensor, n_labels: int, seed: int) -> torch.Ten
 
 
 def holdout(images: "ImageSet", fraction: float, seed: int) -> tuple["ImageSet", "ImageSet"]:
-    """Split an ImageSet into (train, test), holding out `fraction` of each label (unknown -1 counts as a label)."""
+    """Split an ImageSet into (train, test), holding out `fraction` of each label (unknown -1 counts as a label).
+
+    With images.groups (the crops of one photo share a group), a label spread over several groups holds out whole
+    groups, so no photo has crops on both sides; a label with a single group (a flat folder's "which photo" label)
+    splits that group's images instead.
+    """
     if not 0 < fraction < 1:
         raise SelfSupError(f"hold-out fraction must be between 0 and 1, got {fraction}: use e.g. 0.2")
     labels = images.labels
@@ -59,6 +64,13 @@ def holdout(images: "ImageSet", fraction: float, seed: int) -> tuple["ImageSet",
     test_parts = []
     for label in torch.unique(labels).tolist():
         members = (labels == label).nonzero().flatten()
+        if images.groups is not None:
+            groups = torch.unique(images.groups[members])
+            n_test = min(int(len(groups) * fraction + 0.5), len(groups) - 1)
+            if n_test > 0:
+                held = groups[torch.randperm(len(groups), generator=generator)[:n_test]]
+                test_parts.append(members[torch.isin(images.groups[members], held)])
+                continue
         # Round to nearest but keep at least one image of every class on the training side.
         n_test = min(int(len(members) * fraction + 0.5), len(members) - 1)
         test_parts.append(members[torch.randperm(len(members), generator=generator)[:n_test]])

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from selfsup.methods.ae import AE
 from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.cae import CAE
+from selfsup.methods.dae import DAE
+from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.relpatch import RelPatch
+from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
 
 METHODS: dict[str, type[Method]] = {
     SimCLR.name: SimCLR,
+    AE.name: AE,
+    DAE.name: DAE,
+    CAE.name: CAE,
+    RelPatch.name: RelPatch,
+    RotNet.name: RotNet,
+    Jigsaw.name: Jigsaw,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig"]
