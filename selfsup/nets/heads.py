@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,3 +25,41 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bo
     if last_bn:
         blocks.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*blocks)
+
+
+class ConvDecoder(nn.Module):
+    """Code vector -> image logits: (B, code_dim) -> (B, channels, size, size); sigmoid of them is the image in [0, 1].
+
+    A linear layer makes a grid of at most 8x8 with 4*width channels; each stage doubles the side (nearest-neighbour
+    upsampling then a 3x3 conv, which avoids the checkerboard of transposed convolutions) and halves the channels
+    down to `width`; a last 3x3 conv gives the channels, resized to exactly `size` when the side is not 8 * 2^k
+    (28 px: 7 -> 14 -> 28; 32 px: 8 -> 16 -> 32; 96 px: 6 -> 12 -> 24 -> 48 -> 96). It returns logits so a
+    cross-entropy loss can use them directly, which is more stable than taking the log of a sigmoid.
+
+    GroupNorm, not BatchNorm: each image is decoded on its own, so eval mode decodes exactly as training does. With
+    BatchNorm the running statistics lagged the fast-moving weights: after 30 AdamW steps on Fashion-MNIST the
+    eval-mode reconstruction error was 4x the training one, and the reconstruction figures showed grey blurs.
+    """
+
+    def __init__(self, code_dim: int, channels: int, size: int, width: int = 32):
+        super().__init__()
+        self.channels, self.size = channels, size
+        stages = max(0, math.ceil(math.log2(size / 8)))  # doublings so that the first grid is at most 8 x 8
+        self.grid = math.ceil(size / 2 ** stages)
+        widths = [max(width, 4 * width // 2 ** i) for i in range(stages + 1)]  # 4w, 2w, w, w, ...
+        self.project = nn.Linear(code_dim, widths[0] * self.grid ** 2, bias=False)
+        self.width0 = widths[0]
+        blocks: list[nn.Module] = [nn.GroupNorm(math.gcd(8, widths[0]), widths[0]), nn.ReLU(inplace=True)]
+        for c_in, c_out in zip(widths, widths[1:]):
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.GroupNorm(math.gcd(8, c_out), c_out),
+                       nn.ReLU(inplace=True)]
+        blocks.append(nn.Conv2d(widths[-1], channels, 3, padding=1))
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        x = self.project(code).view(-1, self.width0, self.grid, self.grid)
+        x = self.blocks(x)  # (B, channels, grid * 2^stages, same)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x
