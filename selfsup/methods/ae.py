@@ -34,7 +34,7 @@ class AEConfig(MethodConfig):
     name: str = "ae"
     code_dim: int = opt(64, "Units in the code h(x), a linear layer on the backbone features. Fewer than the input values (784 on 28x28) makes the autoencoder undercomplete; more (e.g. 1024) overcomplete, which needs `sparsity` > 0. Note the code still sees the image only through the backbone's 4*width features.", min=1)
     code_activation: str = opt("sigmoid", "Non-linearity of the code: sigmoid as in the lecture's h(x) = sigm(b + Wx) and the contractive AE paper; relu gives exact zeros, which suits the sparse variant; linear for none.", choices=list(CODE_ACTIVATIONS))
-    sparsity: float = opt(0.0, "Weight beta of the L1 penalty beta * ||h(x)||_1 next to the summed reconstruction error of an image (0: off). For the overcomplete variant (code_dim 1024, relu) try 0.5-5; too high and every unit dies.", min=0)
+    sparsity: float = opt(0.0, "Weight beta of the L1 penalty beta * ||h(x)||_1 next to the summed reconstruction error of an image (0: off). For the overcomplete variant (code_dim 1024, relu) try 0.1-1: at 1 about 1% of the units stay active per image; higher and every unit dies.", min=0)
     loss_type: str = opt("mse", "Reconstruction loss l: mse (squared differences, the lecture's choice for real-valued inputs) or bce (Bernoulli cross-entropy, its choice for binary inputs; also fine for grey levels in [0, 1]).", choices=["mse", "bce"])
     decoder_width: int = opt(16, "Base channel width of the ConvDecoder (4x this on its smallest grid); 16 costs about a quarter of the encoder, 32 about as much as the encoder. Thrown away after pretraining.", min=4)
 
