@@ -7,6 +7,7 @@ Unknown keys, wrong types and impossible values raise SelfSupError naming the ke
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
 
 
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def coerce(key: str, value: Any, f: dataclasses.Field, hints: dict[str, Any]) -> Any:
     """Check one value against a field's type and limits; returns the value converted, or raises SelfSupError."""
     tp = hints[f.name]
@@ -104,6 +108,8 @@ def coerce(key: str, value: Any, f: dataclasses.Field, hints: dict[str, Any]) ->
             converted = value
         elif base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             converted = float(value)
+        elif base is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            converted = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; a user means the number
         elif base is str and isinstance(value, str):
             converted = value
         elif base in (list, tuple) and isinstance(value, (list, tuple)):

@@ -62,3 +62,10 @@ def test_nested_sections_merge_key_by_key(tmp_path):
     cfg = load_config({}, ["views.color.p=0.9"], path)
     assert cfg.views.color.strength == 0.3 and cfg.views.color.p == 0.9
     assert to_dict(cfg)["views"]["color"] == {"strength": 0.3, "p": 0.9}
+
+
+def test_exponent_floats_from_the_command_line():
+    cfg = load_config({}, ["train.lr=1e-3", "train.weight_decay=5E-4"])
+    assert cfg.train.lr == 0.001 and cfg.train.weight_decay == 0.0005
+    with pytest.raises(SelfSupError, match="must be float"):
+        load_config({}, ["train.lr=fast"])

@@ -64,3 +64,14 @@ def test_knn_votes_with_temperature_weights():
     assert knn_predict(train, labels, test, 2, k=3, temperature=0.01).tolist() == [1, 0]
     x, y = gaussian_classes(50, 5, 16, 0.5, seed=4)
     assert knn_top1(x, y, x, y, 5, k=20) == 1.0
+
+
+def test_backbone_trains_after_feature_extraction():
+    from selfsup.evaluate.features import extract
+    from selfsup.nets.backbones import build_backbone
+
+    net = build_backbone("small-cnn", 1, width=4)
+    extract(net, torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8))
+    net.train()
+    net(torch.rand(4, 1, 28, 28)).sum().backward()  # inference tensors would raise here
+    assert all(p.grad is not None for p in net.parameters())

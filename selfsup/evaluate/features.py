@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 
-@torch.inference_mode()
 def extract(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
     """images: (N, C, H, W) uint8 -> features (N, backbone.dim) float32 on the CPU, backbone in eval mode.
 
@@ -14,11 +13,14 @@ def extract(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256, de
     """
     was_training = backbone.training
     backbone.eval()
+    # Outside inference_mode: converting the weights inside it would turn them into inference tensors, and the
+    # backbone could no longer be trained (fine-tuning, or pretraining that goes on after an evaluation).
     backbone.to(device, memory_format=torch.channels_last)
     chunks = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
-        chunks.append(backbone(x).float().cpu())
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
+            chunks.append(backbone(x).float().cpu())
     backbone.train(was_training)
     if not chunks:
         return torch.zeros(0, getattr(backbone, "dim", 0))
