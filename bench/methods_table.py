@@ -100,20 +100,27 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"then frozen; top-1 % on the test split. Few-label: {n} labels, class-balanced; both baselines are "
         "measured inside each run. Mean ± std over seeds where there is more than one.",
         "",
-        f"| method | family | seeds | steps | last pretext acc | kNN | linear, all labels | few-label SSL | "
+        f"| method | family | seeds | steps | images/s | last pretext acc | kNN | linear, all labels | few-label SSL | "
         f"few-label random init | few-label scratch | SSL − random init |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, rs in by_method.items():
         few = [r["eval"]["few_label"] for r in rs]
         gain = [f["ssl"] - f["random_init"] for f in few]
+        speeds = ", ".join(f"{r['train']['images_per_s']:.0f}" for r in rs)
         lines.append(
             f"| {method} | {METHODS[method].family} | {','.join(str(r['seed']) for r in rs)} | "
-            f"{', '.join(str(r['train']['steps']) for r in rs)} | {pct([r['pretext'] for r in rs])} | "
+            f"{', '.join(str(r['train']['steps']) for r in rs)} | "
+            f"{speeds} | "
+            f"{pct([r['pretext'] for r in rs])} | "
             f"{pct([r['eval']['knn']['top1'] for r in rs])} | {pct([r['eval']['linear']['top1'] for r in rs])} | "
             f"{pct([f['ssl'] for f in few])} | {pct([f['random_init'] for f in few])} | "
             f"{pct([f['supervised_scratch'] for f in few])} | {'+' if statistics.mean(gain) >= 0 else ''}"
             f"{100 * statistics.mean(gain):.1f} |")
+    lines += ["", "images/s counts the batch's images (RotNet sees each in 4 rotations, jigsaw as 9 tiles, relpatch as 2 "
+              "patches). The last pretext accuracy is the training batches' mean over the last logging window."]
+    if args.note:
+        lines += ["", args.note]
     notes = sorted({f"{r['method']}: `{' '.join(r['overrides'])}`" for r in rows if r["overrides"]})
     if notes:
         lines += ["", "Settings beyond the defaults: " + "; ".join(notes) + "."]
@@ -128,17 +135,24 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: every registered method)")
     p.add_argument("--set", action="append", default=[], help="a config override for every method")
     p.add_argument("--out", default="bench/out/methods")
+    p.add_argument("--note", help="a sentence printed under the table (e.g. how busy the machine was)")
+    p.add_argument("--table-only", action="store_true", help="rewrite the table from the finished runs; train nothing")
     args = p.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"unknown method {unknown[0]}; registered: {', '.join(METHODS)}")
-    for method in methods:
+    for method in [] if args.table_only else methods:
         for seed in args.seeds:
             run_one(method, seed, args)
             write_section(f"methods-table-{args.data}-{args.minutes:g}min",
                           f"Every method at {args.minutes:g} minutes on {args.data}", table(finished_rows(args), args))
-    print(table(finished_rows(args), args))
+    rows = finished_rows(args)
+    if not rows:
+        p.error(f"no finished runs in {args.out} for {args.data} at {args.minutes:g} minutes")
+    write_section(f"methods-table-{args.data}-{args.minutes:g}min",
+                  f"Every method at {args.minutes:g} minutes on {args.data}", table(rows, args))
+    print(table(rows, args))
 
 
 if __name__ == "__main__":
