@@ -48,6 +48,9 @@ def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, Ima
     d = cfg.data
     options = {"n": d.synthetic_size} if d.name == "synthetic" else {}
     is_folder = sources.is_folder(d.name)
+    if d.crop_scale is not None and d.crops_per_image is None:
+        raise SelfSupError("data.crop_scale sets the size photos are resized to before cropping and needs "
+                           "data.crops_per_image; set both, or neither")
     if d.crops_per_image is not None:
         if not is_folder:
             raise SelfSupError(f"data.crops_per_image cuts crops from the photos of an image folder, but {d.name} is "
@@ -88,6 +91,10 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
         if views_cfg.recipe == "auto":
             views_cfg = dataclasses.replace(views_cfg, recipe=cls.views_recipe)
         views = build_views(views_cfg, train.channels, train.size, n_views=cls.n_views)
+        if views.n_views != cls.n_views:
+            raise SelfSupError(f"{cls.name} takes {cls.n_views} view(s) of each image but views.recipe="
+                               f"{views_cfg.recipe} makes {views.n_views}; use views.recipe=auto ({cls.views_recipe}) "
+                               "or another recipe with that many views")
     method = cls(make_backbone(), views, cfg.method)
     return method, make_backbone
 
@@ -178,13 +185,16 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     for note in train_set.notes + list(getattr(method, "notes", [])):
         log(f"note: {note}")
     result = train(method, train_set.images, cfg.train, run_dir, resume=resume_dir is not None, progress=progress)
-    if not result.interrupted:
-        for path in method_figures(method, train_set.images, cfg.train.seed, run_dir):
-            log(f"figure: {path}")
     export_encoder(run_dir / "encoder.safetensors", method.backbone, {
         "backbone": cfg.model.backbone, "width": cfg.model.width, "in_channels": train_set.channels,
         "dim": method.backbone.dim, "method": cfg.method.name, "step": result.steps,
     })
+    if not result.interrupted:
+        try:  # pictures are a bonus: a failure here must not cost the trained encoder or its evaluation
+            for path in method_figures(method, train_set.images, cfg.train.seed, run_dir):
+                log(f"figure: {path}")
+        except (RuntimeError, ValueError, OSError) as e:
+            log(f"note: figures skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     summary = {"steps": result.steps, "total_steps": result.total_steps, "seconds": round(result.seconds, 1),
                "images_per_s": round(result.images_per_second, 1), "final_loss": result.final_loss,
                "interrupted": result.interrupted}

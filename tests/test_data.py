@@ -515,3 +515,16 @@ def test_split_files_round_trip(tmp_path):
     path.write_text("{broken")
     raises_with_fix(lambda: load_split(path), "split.json")
     raises_with_fix(lambda: load_split(tmp_path / "missing.json"), "missing.json")
+
+
+def test_holdout_keeps_whole_groups_even_with_two_per_label():
+    from selfsup.data.sources import ImageSet
+    from selfsup.data.splits import holdout
+
+    # Two photos per class, 5 crops each: one whole photo per class must go to the test side.
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    groups = torch.arange(4).repeat_interleave(5)
+    images = ImageSet(torch.zeros(20, 1, 4, 4, dtype=torch.uint8), labels, ["a", "b"], "t", "t", groups=groups)
+    train, test = holdout(images, 0.2, seed=0)
+    assert set(train.groups.tolist()).isdisjoint(test.groups.tolist())
+    assert len(test) == 10 and set(test.labels.tolist()) == {0, 1}

@@ -45,3 +45,13 @@ def test_resnet18_backbone_small_image_stem():
     net = build_backbone("resnet18", 3)
     assert net.dim == 512 and net.net.conv1.kernel_size == (3, 3) and net.net.conv1.stride == (1, 1)
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 512)
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(METHODS) if METHODS[n].n_views == 1])
+def test_a_recipe_with_the_wrong_number_of_views_is_one_clear_error(name):
+    from selfsup.errors import SelfSupError
+
+    cfg = load_config({"method": {"name": name}, "model": {"width": 4}, "views": {"recipe": "multicrop"}})
+    data = sources.load("synthetic", "train", n=32, channels=1, seed=0)
+    with pytest.raises(SelfSupError, match=f"{name} takes 1 view"):
+        build_method(cfg, data)

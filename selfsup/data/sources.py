@@ -384,7 +384,7 @@ def _load_folder_crops(root: Path, files: list[Path], labels: list[int], classes
                             "split holds out a fifth of every photo's crops, which can overlap that photo's "
                             "training crops, so the accuracy says how well features tell the scenes apart")
     else:
-        decode_notes.append("a test split keeps all crops of a photo on one side (whole photos are held out)")
+        decode_notes.append("a test split keeps all crops of a photo on one side (whole photos are held out; a class needs two photos)")
     return ImageSet(torch.from_numpy(images), torch.from_numpy(kept_labels), classes, root.resolve().name,
                     str(root), notes + decode_notes, torch.from_numpy(groups))
 

@@ -66,7 +66,8 @@ def holdout(images: "ImageSet", fraction: float, seed: int) -> tuple["ImageSet",
         members = (labels == label).nonzero().flatten()
         if images.groups is not None:
             groups = torch.unique(images.groups[members])
-            n_test = min(int(len(groups) * fraction + 0.5), len(groups) - 1)
+            # At least one whole group goes to the test side whenever a label has two or more.
+            n_test = min(max(1, int(len(groups) * fraction + 0.5)), len(groups) - 1)
             if n_test > 0:
                 held = groups[torch.randperm(len(groups), generator=generator)[:n_test]]
                 test_parts.append(members[torch.isin(images.groups[members], held)])

@@ -17,7 +17,7 @@ Small images. The grid fills the whole (working) image, so a patch spans about a
 whatever the resolution: 1 / (3 + 2 gap + 2 jitter) of it. At 28-32 px that leaves 6-7 px patches, too small for
 a three-stage CNN (two poolings leave 1-2 px), so images under `upsample` px (default 64) are first enlarged
 bilinearly: 28 px becomes 64 px and the patches 15 px (pooled to 7 and 3 px). Upsampling adds no information; it
-gives the convolutions room. 96 px images (STL-10, photo crops) are used as they are: 23 px patches. Evaluation
+gives the convolutions room. 96 px images (STL-10, photo crops) are used as they are: 22 px patches. Evaluation
 later runs the backbone on whole images at their own size.
 """
 
@@ -69,6 +69,9 @@ def patch_geometry(size: int, cfg: RelPatchConfig) -> tuple[int, int, int, int]:
 
     if cfg.tile:
         tile = cfg.tile
+        if tile < 4:
+            raise SelfSupError(f"method.tile={tile} px is too small for the backbone's two poolings; use 4 or more, "
+                               "or 0 for the largest that fits")
         gap, jitter = fitted(tile)
         if grid_span(GRID, tile, gap, jitter) > working:
             raise SelfSupError(f"method.tile={tile} with gap {gap} px and jitter {jitter} px needs "

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from selfsup.checkpoint import atomic_write  # noqa: E402
+from selfsup.checkpoint import atomic_write
 
 
 def as_image(x: torch.Tensor):
@@ -27,6 +23,10 @@ def image_grid_png(rows: list[tuple[str, torch.Tensor]], path: str | Path, title
     """
     if not rows:
         raise ValueError("image_grid_png needs at least one row")
+    import matplotlib  # here, not at import time: importing selfsup must not switch a user's plotting backend
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     n_rows, n_cols = len(rows), max(images.shape[0] for _, images in rows)
     cell, label_w, head = 1.1, 1.3, (0.45 if title else 0.1)  # inches
     width, height = label_w + cell * n_cols, cell * n_rows + head

@@ -138,8 +138,9 @@ def measure(method: RelPatch, train, test, seed: int, n_labels: int, position_im
                                                  seed=seed)["top1"]
         except SelfSupError:  # too few images of some class for n balanced labels: leave the column empty
             row["few_label_top1"] = None
-        fit = train.images[:position_images]
-        held = test.images[:max(1, position_images // 2)]
+        # Seeded picks, not the first images: folder crops come in photo order.
+        fit = seeded_subset(train, position_images, seed).images
+        held = seeded_subset(test, max(1, position_images // 2), seed).images
         row["position_clean"] = position_accuracy(method, fit, held, 0.0, seed)
         row["position_aberrated"] = position_accuracy(method, fit, held, aberration, seed) if colour else None
     finally:
