@@ -1,5 +1,6 @@
 """Relative patch location: labels, chroma defences, synthetic aberration, folder crops, and the shortcut study."""
 
+import copy
 import csv
 import json
 import math
@@ -243,6 +244,10 @@ def test_shortcut_study_end_to_end_and_resume(tmp_path):
     assert again == results and [c.stat().st_mtime_ns for c in cells] == stamps  # nothing recomputed
     with pytest.raises(SelfSupError, match="other settings"):
         run_study(cfg, None, out, cells=["aberration"], steps_per_cell=3, eval_limit=50, position_images=6)
+    other = copy.deepcopy(cfg)
+    other.train.batch_size = 4  # any shared setting, not only the budget, makes cells incomparable
+    with pytest.raises(SelfSupError, match="other settings"):
+        run_study(other, None, out, cells=["aberration"], steps_per_cell=2, eval_limit=50, position_images=6)
 
 
 def test_shortcut_study_needs_colour_for_its_colour_cells(tmp_path):

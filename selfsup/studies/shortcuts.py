@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from selfsup.checkpoint import atomic_write, load_checkpoint
-from selfsup.config import Config
+from selfsup.config import Config, to_dict
 from selfsup.data.splits import few_label_split, seeded_subset
 from selfsup.errors import SelfSupError
 from selfsup.methods.relpatch import GRID, NEIGHBOURS, RelPatch, RelPatchConfig
@@ -207,11 +207,16 @@ def run_study(cfg: Config, minutes_per_cell: float | None, out: Path, cells: lis
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Every setting the cells share (the whole config but the defences each cell sets) must match to resume.
+    shared = json.loads(json.dumps(to_dict(cell_config(cfg, "none"))))
+    for key in CELLS["none"]:
+        shared["method"].pop(key, None)
     study = {"study": "shortcuts", "minutes_per_cell": minutes_per_cell, "steps_per_cell": steps_per_cell,
              "data": cfg.data.name, "seed": cfg.train.seed, "eval_limit": eval_limit,
-             "position_images": position_images, "aberration": ABERRATION}
+             "position_images": position_images, "aberration": ABERRATION, "settings": shared}
     previous = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else None
-    same = ("minutes_per_cell", "steps_per_cell", "data", "seed", "eval_limit", "position_images", "aberration")
+    same = ("minutes_per_cell", "steps_per_cell", "data", "seed", "eval_limit", "position_images", "aberration",
+            "settings")
     if previous and any(previous.get(k) != study[k] for k in same):
         raise SelfSupError(f"{out} holds a shortcut study with other settings ({previous.get('data')}, "
                            f"{previous.get('minutes_per_cell') or previous.get('steps_per_cell')} per cell); "
