@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ from selfsup.checkpoint import atomic_write
 from selfsup.config import Config
 from selfsup.data.splits import seeded_subset
 from selfsup.errors import SelfSupError
+from selfsup.studies.cells import pretrain_cell
 from selfsup.views import ops
 from selfsup.views.recipes import Named, Recipe, ViewGroup, blur_stage, color_stage, crop_stage, gray_stage
 
@@ -75,7 +75,7 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float | None, 
     """
     from selfsup.evaluate.features import extract
     from selfsup.evaluate.linear import linear_probe
-    from selfsup.run import load_data, load_encoder_backbone, pretrain
+    from selfsup.run import load_data, load_encoder_backbone
 
     unknown = [o for o in op_names if o not in STUDY_OPS]
     if unknown:
@@ -118,14 +118,7 @@ def run_study(cfg: Config, op_names: list[str], minutes_per_cell: float | None, 
             continue
         bar.set_postfix_str(f"{t1} x {t2}")
         recipe = cell_recipe(t1, t2, pretrain_set.channels, pretrain_set.size, mode)
-        checkpoint = cell_dir / "checkpoints" / "last.pt"
-        quiet = lambda _: None  # noqa: E731
-        if checkpoint.exists():  # a cell stopped midway continues from its checkpoint
-            run_dir, result = pretrain(cfg, resume_dir=cell_dir, progress=False, log=quiet, views=recipe)
-        else:
-            if cell_dir.exists():
-                shutil.rmtree(cell_dir)
-            run_dir, result = pretrain(cfg, out=cell_dir, progress=False, log=quiet, views=recipe)
+        run_dir, result = pretrain_cell(cfg, cell_dir, views=recipe)
         if result.interrupted:
             log(f"stopped in cell {t1} x {t2}; run the same command again to resume")
             break

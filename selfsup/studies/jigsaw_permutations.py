@@ -19,7 +19,6 @@ import csv
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +28,7 @@ from selfsup.checkpoint import atomic_write
 from selfsup.config import Config, to_dict
 from selfsup.data.splits import few_label_split, seeded_subset
 from selfsup.errors import SelfSupError
+from selfsup.studies.cells import pretrain_cell
 from selfsup.methods.jigsaw import JigsawConfig
 from selfsup.methods.permutations import MODES, hamming_permutations, set_distances
 
@@ -60,7 +60,7 @@ def run_study(cfg: Config, permutations: list[int], modes: list[str], out: Path,
     """Run (or resume) the cells (mode x P); writes cells/, study.csv and study.png into `out`. Returns the rows."""
     from selfsup.evaluate.features import extract
     from selfsup.evaluate.linear import linear_probe
-    from selfsup.run import load_data, load_encoder_backbone, pretrain
+    from selfsup.run import load_data, load_encoder_backbone
 
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -120,13 +120,7 @@ def run_study(cfg: Config, permutations: list[int], modes: list[str], out: Path,
         bar.set_postfix_str(f"{mode} P={P}")
         cell_cfg = copy.deepcopy(cfg)
         cell_cfg.method = dataclasses.replace(cfg.method, permutations=P, permutation_set=mode)
-        quiet = lambda _: None  # noqa: E731
-        if (cell_dir / "checkpoints" / "last.pt").exists():  # a cell stopped midway continues from its checkpoint
-            run_dir, result = pretrain(cell_cfg, resume_dir=cell_dir, progress=False, log=quiet)
-        else:
-            if cell_dir.exists():
-                shutil.rmtree(cell_dir)
-            run_dir, result = pretrain(cell_cfg, out=cell_dir, progress=False, log=quiet)
+        run_dir, result = pretrain_cell(cell_cfg, cell_dir)
         if result.interrupted:
             log(f"stopped in cell {mode} P={P}; run the same command again to resume")
             break

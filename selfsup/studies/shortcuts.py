@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import shutil
 import textwrap
 from pathlib import Path
 from typing import Callable
@@ -36,6 +35,7 @@ from selfsup.checkpoint import atomic_write, load_checkpoint
 from selfsup.config import Config, to_dict
 from selfsup.data.splits import few_label_split, seeded_subset
 from selfsup.errors import SelfSupError
+from selfsup.studies.cells import pretrain_cell
 from selfsup.methods.relpatch import GRID, NEIGHBOURS, RelPatch, RelPatchConfig
 
 ABERRATION = 0.05  # red and blue magnified 5% about the centre: ~2 px at the corners of a 64 px image
@@ -167,7 +167,7 @@ def run_study(cfg: Config, minutes_per_cell: float | None, out: Path, cells: lis
     Probes use at most eval_limit labelled training and test images; the position test fits on the patches of
     position_images training images. Returns {cell: row of numbers}, the random-init row included.
     """
-    from selfsup.run import build_method, load_data, pretrain
+    from selfsup.run import build_method, load_data
 
     chosen = cells
     cells = list(CELLS) if cells is None else cells
@@ -224,7 +224,6 @@ def run_study(cfg: Config, minutes_per_cell: float | None, out: Path, cells: lis
     atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps({**(previous or {}), **study},
                                                                                  indent=2)))
     results: dict[str, dict] = {}
-    quiet = lambda _: None  # noqa: E731
     bar = tqdm([RANDOM] + cells, desc="shortcut study", unit="cell")
     for cell in bar:
         cell_dir = out / "cells" / ("random-init" if cell == RANDOM else cell)
@@ -240,13 +239,7 @@ def run_study(cfg: Config, minutes_per_cell: float | None, out: Path, cells: lis
             row = {"cell": RANDOM, **{k: None for k in ("gap", "jitter", "chroma", "aberration")}, "steps": 0,
                    "pretext_train": None}
         else:
-            checkpoint = cell_dir / "checkpoints" / "last.pt"
-            if checkpoint.exists():  # a cell stopped midway continues from its checkpoint
-                run_dir, result = pretrain(cell_cfg, resume_dir=cell_dir, progress=False, log=quiet)
-            else:
-                if cell_dir.exists():
-                    shutil.rmtree(cell_dir)
-                run_dir, result = pretrain(cell_cfg, out=cell_dir, progress=False, log=quiet)
+            run_dir, result = pretrain_cell(cell_cfg, cell_dir)
             if result.interrupted:
                 log(f"stopped in cell {cell}; run the same command again to resume")
                 break
