@@ -40,12 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import opt
-from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.permutations import MODES, hamming_permutations, set_distances
 from selfsup.nets.heads import mlp
 from selfsup.views import ops
-from selfsup.views.patches import grid_span, grid_tiles
+from selfsup.views.patches import fit_grid, grid_tiles
 from selfsup.views.recipes import Recipe
 
 
@@ -87,20 +86,7 @@ class JigsawConfig(MethodConfig):
 
 def tile_geometry(size: int, cfg: JigsawConfig) -> tuple[int, int, int, int]:
     """(working image side, tile, gap, jitter) in pixels for images of side `size` under cfg."""
-    side = cfg.upsample if cfg.upsample and size < cfg.upsample else size
-
-    def fitted(t: int) -> tuple[int, int]:
-        return round(cfg.gap * t), round(cfg.jitter * t)
-
-    tile = cfg.tile or int(side / (cfg.grid + (cfg.grid - 1) * cfg.gap + 2 * cfg.jitter))
-    while not cfg.tile and tile > 1 and grid_span(cfg.grid, tile, *fitted(tile)) > side:
-        tile -= 1
-    span = grid_span(cfg.grid, tile, *fitted(tile))
-    if tile < 4 or span > side:
-        raise SelfSupError(f"jigsaw: a {cfg.grid}x{cfg.grid} grid of {tile} px tiles with gap {cfg.gap:g} and jitter "
-                           f"{cfg.jitter:g} (fractions of a tile) needs {span} px and tiles of at least 4 px, but the "
-                           f"working images are {side} px; set method.tile=0, lower the gap or raise method.upsample")
-    return side, tile, *fitted(tile)
+    return fit_grid(size, cfg.grid, cfg.gap, cfg.jitter, cfg.tile, cfg.upsample)
 
 
 class Jigsaw(Method):

@@ -35,7 +35,7 @@ from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.nets.heads import mlp
 from selfsup.views.chroma import DEFENCES, chroma_defence, chromatic_aberration
-from selfsup.views.patches import grid_span, grid_tiles
+from selfsup.views.patches import fit_grid, grid_tiles
 from selfsup.views.recipes import Recipe
 
 GRID = 3
@@ -62,29 +62,7 @@ class RelPatchConfig(MethodConfig):
 
 def patch_geometry(size: int, cfg: RelPatchConfig) -> tuple[int, int, int, int]:
     """(working image side, tile, gap, jitter) in pixels for images of side `size` under cfg."""
-    working = cfg.upsample if cfg.upsample and size < cfg.upsample else size
-
-    def fitted(t: int) -> tuple[int, int]:
-        return round(cfg.gap * t), round(cfg.jitter * t)
-
-    if cfg.tile:
-        tile = cfg.tile
-        if tile < 4:
-            raise SelfSupError(f"method.tile={tile} px is too small for the backbone's two poolings; use 4 or more, "
-                               "or 0 for the largest that fits")
-        gap, jitter = fitted(tile)
-        if grid_span(GRID, tile, gap, jitter) > working:
-            raise SelfSupError(f"method.tile={tile} with gap {gap} px and jitter {jitter} px needs "
-                               f"{grid_span(GRID, tile, gap, jitter)} px but the working images are {working} px; "
-                               "set method.tile=0 (the largest that fits) or raise method.upsample")
-        return working, tile, gap, jitter
-    tile = int(working / (GRID + 2 * cfg.gap + 2 * cfg.jitter))
-    while tile > 1 and grid_span(GRID, tile, *fitted(tile)) > working:
-        tile -= 1
-    if tile < 4:
-        raise SelfSupError(f"{working} px images leave only {tile} px patches for a 3x3 grid with gap "
-                           f"{cfg.gap} and jitter {cfg.jitter}; enlarge them with method.upsample=64 or lower the gap")
-    return (working, tile, *fitted(tile))
+    return fit_grid(size, GRID, cfg.gap, cfg.jitter, cfg.tile, cfg.upsample)
 
 
 class RelPatch(Method):

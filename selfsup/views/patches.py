@@ -53,3 +53,32 @@ def grid_tiles(x: torch.Tensor, grid: int, tile: int, gap: int, jitter: int,
     # Advanced indices around a slice: the result is (B, K, tile, tile, C).
     tiles = x[b, :, rows[:, :, :, None], cols[:, :, None, :]]
     return tiles.permute(0, 1, 4, 2, 3).contiguous(), corners
+
+
+def fit_grid(size: int, grid: int, gap: float, jitter: float, tile: int = 0,
+             upsample: int = 0) -> tuple[int, int, int, int]:
+    """(working image side, tile, gap, jitter) in pixels for a grid cut from size x size images.
+
+    gap and jitter are fractions of the tile side; images under `upsample` px are enlarged to it first; tile=0
+    picks the largest tile that fits. Tiles under 4 px are refused: the small CNN pools twice.
+    """
+    working = upsample if upsample and size < upsample else size
+
+    def fitted(t: int) -> tuple[int, int]:
+        return round(gap * t), round(jitter * t)
+
+    if tile:
+        span = grid_span(grid, tile, *fitted(tile))
+        if tile < 4 or span > working:
+            raise SelfSupError(f"method.tile={tile} px needs {span} px for a {grid}x{grid} grid with its gap and "
+                               f"jitter and at least 4 px for the backbone's two poolings, but the working images "
+                               f"are {working} px; set method.tile=0 (the largest that fits) or raise method.upsample")
+        return (working, tile, *fitted(tile))
+    tile = int(working / (grid + (grid - 1) * gap + 2 * jitter))
+    while tile > 1 and grid_span(grid, tile, *fitted(tile)) > working:
+        tile -= 1
+    if tile < 4:
+        raise SelfSupError(f"{working} px images leave only {tile} px tiles for a {grid}x{grid} grid with gap {gap:g} "
+                           f"and jitter {jitter:g} (fractions of a tile); enlarge them with method.upsample=64 or "
+                           "lower the gap")
+    return (working, tile, *fitted(tile))
