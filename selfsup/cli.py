@@ -31,6 +31,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--epochs", type=float, help="pretraining budget in epochs")
     budget.add_argument("--steps", type=int, help="pretraining budget in optimizer steps")
     p.add_argument("--labels", type=int, help="labels in the few-label experiment (default 200, class-balanced)")
+    p.add_argument("--eval-data", help="evaluate on this source or folder instead of the pretraining data "
+                                       "(e.g. pretrain colorization on photos, evaluate on fashion-mnist)")
     p.add_argument("--seed", type=int, help="seed for weights, data order, views and the label split (default 0)")
     p.add_argument("--limit", type=int, help="use only N training images (quick tries)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
@@ -48,7 +50,7 @@ def config_tree(args: argparse.Namespace) -> dict:
         ("data", "name"): args.data, ("method", "name"): args.method, ("model", "backbone"): args.backbone,
         ("train", "minutes"): args.minutes, ("train", "epochs"): args.epochs, ("train", "steps"): args.steps,
         ("eval", "labels"): args.labels, ("train", "seed"): args.seed, ("data", "limit"): args.limit,
-        ("train", "device"): args.device,
+        ("train", "device"): args.device, ("eval", "data"): args.eval_data,
     }
     tree: dict = {}
     for (section, key), value in flags.items():
@@ -90,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup.run import evaluate_run
 
     protocols = args.protocols.split(",") if args.protocols else None
-    evaluate_run(args.run_dir, labels=args.labels, protocols=protocols)
+    evaluate_run(args.run_dir, labels=args.labels, protocols=protocols, eval_data=args.eval_data)
     print()
     print((Path(args.run_dir) / "results.md").read_text())
     return 0
@@ -260,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a folder made by `selfsup run` or `selfsup pretrain`")
     p.add_argument("--labels", type=int, help="labels in the few-label experiment (default: the run's, 200)")
     p.add_argument("--protocols", help="comma-separated subset of knn,linear,few-label")
+    p.add_argument("--eval-data", help="evaluate on this source or folder (default: the run's eval.data, else "
+                                       "its pretraining data)")
     sub.add_parser("methods", help="list methods", description="List the registered methods with family, paper and year.",
                    epilog="example:\n  selfsup methods\n", formatter_class=raw)
     p = sub.add_parser("data", help="data sources", formatter_class=raw,

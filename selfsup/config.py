@@ -75,6 +75,7 @@ class EvalConfig:
     scratch_epochs: int = opt(100, "Epochs over the labelled images for the from-scratch supervised baseline.", min=1)
     random_init_all_labels: bool = opt(False, "Also run kNN and the all-label linear probe on the random-init backbone (the few-label baseline always runs); costs about a minute on Fashion-MNIST.")
     batch_size: int = opt(256, "Batch size for feature extraction (256 is faster than 1024 on a CPU: the activations stay in cache).", min=1)
+    data: str | None = opt(None, "Evaluate on other data than the pretraining data (source name or image folder), e.g. a colorization encoder pretrained on colour photos, evaluated on fashion-mnist. None: the pretraining data. Channel counts may differ (grey images go to a colour encoder as R = G = B, colour to a grey one by luma); data.image_size and data.limit apply to it too, data.crops_per_image does not.")
     protocols: list = opt(["knn", "linear", "few-label"], "Evaluations to run after pretraining.", choices=["knn", "linear", "few-label"])
 
 

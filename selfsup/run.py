@@ -29,7 +29,8 @@ from selfsup.data.splits import few_label_split, holdout, seeded_subset
 from selfsup.errors import SelfSupError
 from selfsup.evaluate.protocol import evaluate
 from selfsup.methods import METHODS, Method
-from selfsup.nets.backbones import build_backbone, channel_stats
+from selfsup.nets.backbones import build_backbone
+from selfsup.nets.encoders import adapt_channels
 from selfsup.train import TrainResult, check_batch, resolve_device, train
 from selfsup.views.recipes import Recipe, build as build_views
 
@@ -69,9 +70,32 @@ def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, Ima
     return train, test
 
 
-def backbone_factory(cfg: Config, channels: int, mean: list[float], std: list[float]) -> Callable[[], nn.Module]:
-    """A function that builds the run's backbone architecture with fresh weights (used for baselines too)."""
-    return lambda: build_backbone(cfg.model.backbone, channels, cfg.model.width, mean, std)
+def load_eval_data(cfg: Config) -> tuple[ImageSet, ImageSet]:
+    """(train, test) of the evaluation: eval.data when it is set, else the pretraining data (see load_data)."""
+    if cfg.eval.data is None or cfg.eval.data == cfg.data.name:
+        return load_data(cfg)
+    data = dataclasses.replace(cfg.data, name=cfg.eval.data, crops_per_image=None, crop_scale=None)
+    return load_data(dataclasses.replace(cfg, data=data))
+
+
+def stats_sample(images: torch.Tensor, max_values: int = 20_000_000) -> torch.Tensor:
+    """A seeded sample of uint8 images (N, C, H, W) as float in [0, 1]: at most 10000 images and about 80 MB
+    (the sample sets the input normalization; folders come sorted by class, so not the first images)."""
+    per_image = max(1, images[0].numel())
+    n = max(1, min(10000, max_values // per_image, images.shape[0]))
+    pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return images[pick].float().div_(255)
+
+
+def encoder_factory(cfg: Config, channels: int, sample: torch.Tensor | None = None) -> Callable[[], nn.Module]:
+    """A function that builds the run's encoder (the method's backbone or backbones) with fresh weights, for
+    `channels`-channel images, normalized by the statistics of `sample` (see Method.make_encoder)."""
+    cls = METHODS[cfg.method.name]
+
+    def build(in_channels: int, mean: list[float], std: list[float], width: int | None = None) -> nn.Module:
+        return build_backbone(cfg.model.backbone, in_channels, width or cfg.model.width, mean, std)
+
+    return lambda: cls.make_encoder(build, channels, sample)
 
 
 def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> tuple[Method, Callable[[], nn.Module]]:
@@ -83,8 +107,7 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
     if train.channels < cls.min_channels:
         raise SelfSupError(f"{cls.name} needs colour images ({cls.min_channels} channels) but {train.name} has "
                            f"{train.channels}; pretrain on colour data, e.g. --data cifar10 or a folder of photos")
-    mean, std = channel_stats(train.images)
-    make_backbone = backbone_factory(cfg, train.channels, mean, std)
+    make_backbone = encoder_factory(cfg, train.channels, stats_sample(train.images))
     torch.manual_seed(cfg.train.seed)
     if views is None:
         views_cfg = cfg.views
@@ -96,6 +119,7 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
                                f"{views_cfg.recipe} makes {views.n_views}; use views.recipe=auto ({cls.views_recipe}) "
                                "or another recipe with that many views")
     method = cls(make_backbone(), views, cfg.method)
+    method.prepare(train.images)
     return method, make_backbone
 
 
@@ -168,7 +192,9 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     evaluate_after: the caller evaluates next, so evaluation settings are checked now, before hours of training.
     """
     train_set, _ = load_data(cfg, for_pretraining=True)
-    check_config(cfg, train_set, evaluation=evaluate_after)
+    check_config(cfg, train_set, evaluation=evaluate_after and cfg.eval.data is None)
+    if evaluate_after and cfg.eval.data is not None:
+        check_config(cfg, load_eval_data(cfg)[0])  # the labels asked for must exist in the evaluation data
     device = resolve_device(cfg.train.device)
     # Everything that can reject the config runs before the run folder exists, so bad input leaves nothing behind.
     method, _ = build_method(cfg, train_set, views)
@@ -228,10 +254,15 @@ def read_run_config(run_dir: str | Path) -> Config:
 
 
 def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list[str] | None = None,
-                 log: Callable[[str], None] = print) -> dict:
-    """Evaluate the encoder of a finished run folder; writes eval.json and results.md there."""
+                 log: Callable[[str], None] = print, eval_data: str | None = None) -> dict:
+    """Evaluate the encoder of a finished run folder; writes eval.json and results.md there.
+
+    eval_data: evaluate on this source instead of the run's eval.data (or its pretraining data).
+    """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    if eval_data is not None:
+        cfg.eval.data = eval_data
     if labels is not None:
         cfg.eval.labels = labels
     if protocols is not None:
@@ -241,11 +272,9 @@ def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list
     if not encoder.is_file() or trained.get("interrupted"):
         raise SelfSupError(f"pretraining in {run_dir} has not finished; finish it with "
                            f"`selfsup run --resume {run_dir}`")
-    train_set, test_set = load_data(cfg)
+    train_set, test_set = load_eval_data(cfg)
     check_config(cfg, train_set)
-    backbone = load_encoder_backbone(run_dir, train_set.channels, cfg)
-    fresh = backbone_factory(cfg, train_set.channels, backbone.normalize.mean.flatten().tolist(),
-                             backbone.normalize.std.flatten().tolist())
+    backbone, fresh = load_encoder_backbone(run_dir, train_set.channels, cfg, with_fresh=True)
     device = resolve_device(cfg.train.device)
     t0 = time.perf_counter()
     result = evaluate(backbone, fresh, train_set, test_set, cfg.eval, cfg.train.seed, device, run_dir, log)
@@ -256,13 +285,29 @@ def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list
     return result
 
 
-def load_encoder_backbone(run_dir: str | Path, channels: int, cfg: Config | None = None) -> nn.Module:
-    """The backbone of a run folder with its exported weights (and input normalization) loaded."""
+def load_encoder_backbone(run_dir: str | Path, channels: int, cfg: Config | None = None, with_fresh: bool = False):
+    """The encoder of a run folder with its exported weights (and input normalization) loaded, ready for
+    `channels`-channel images (an encoder pretrained on colour evaluates grey images as R = G = B, and the other
+    way round by luma; colorization and split-brain encoders take both as they are).
+
+    with_fresh: also return a function that builds the same architecture with random weights but the trained input
+    normalization, adapted the same way (the random-init and from-scratch baselines of the evaluation).
+    """
     cfg = cfg or read_run_config(run_dir)
-    state, _ = load_encoder(Path(run_dir) / "encoder.safetensors")
-    backbone = backbone_factory(cfg, channels, [0.0] * channels, [1.0] * channels)()
-    backbone.load_state_dict(state)  # includes the normalization statistics saved at pretraining
-    return backbone
+    state, meta = load_encoder(Path(run_dir) / "encoder.safetensors")
+    trained_channels = int(meta.get("in_channels", channels))
+    factory = encoder_factory(cfg, trained_channels)
+    encoder = factory()
+    encoder.load_state_dict(state)  # includes the normalization statistics saved at pretraining
+    normalization = {k: v for k, v in state.items() if k.split(".")[-2:-1] == ["normalize"]}
+
+    def fresh() -> nn.Module:
+        net = factory()
+        net.load_state_dict(normalization, strict=False)
+        return adapt_channels(net, trained_channels, channels)
+
+    encoder = adapt_channels(encoder, trained_channels, channels)
+    return (encoder, fresh) if with_fresh else encoder
 
 
 def _pct(x: float | None) -> str:
@@ -282,7 +327,9 @@ def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
     lines = [
         f"# {run_dir.name}",
         "",
-        f"{cfg.method.name} on {result['data']['name']} ({result['data']['train']} training images, "
+        f"{cfg.method.name}"
+        + (f" pretrained on {cfg.data.name}, evaluated" if cfg.eval.data not in (None, cfg.data.name) else "")
+        + f" on {result['data']['name']} ({result['data']['train']} training images, "
         f"{result['data']['test']} test images), backbone {cfg.model.backbone}, seed {cfg.train.seed}"
         + (f", pretrained {train_info['steps']} steps in {train_info['seconds'] / 60:.1f} min" if train_info else "")
         + ".",

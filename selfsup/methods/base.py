@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +38,23 @@ class Method(nn.Module):
     backbone: nn.Module
     generator: torch.Generator
 
+    @classmethod
+    def make_encoder(cls, build: Callable[..., nn.Module], channels: int,
+                     sample: torch.Tensor | None = None) -> nn.Module:
+        """The network this method trains and exports, for images with `channels` channels.
+
+        build(in_channels, mean, std, width=None) makes a backbone of the configured architecture that normalizes
+        its input by (mean, std) per channel. sample: a seeded sample of the training images, float in [0, 1],
+        whose statistics set that normalization; None when saved weights (normalization included) are loaded next.
+        Default: one backbone on the image. Colorization and split-brain wrap theirs (nets/encoders.py).
+        """
+        return build(channels, *input_stats(sample, channels))
+
+    def prepare(self, images: torch.Tensor) -> None:
+        """Called once with all training images (uint8, on the CPU) before training and again before a resume, so
+        what it computes must depend on the images and the seed only (colorization's colour prior). Default: nothing.
+        """
+
     def set_generator(self, generator: torch.Generator) -> None:
         """Give the method the seeded generator its views and pretext labels are drawn from."""
         self.generator = generator
@@ -56,3 +73,12 @@ class Method(nn.Module):
         eval mode under torch.no_grad(). Returns the paths written. Default: none.
         """
         return []
+
+
+def input_stats(sample: torch.Tensor | None, channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) of a float sample in the space a backbone sees; (0, 1) placeholders without one."""
+    if sample is None:
+        return [0.0] * channels, [1.0] * channels
+    from selfsup.nets.backbones import channel_stats
+
+    return channel_stats(sample)

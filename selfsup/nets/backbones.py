@@ -48,6 +48,14 @@ class SmallCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.dim = 4 * w
+        self.stride = 4  # the feature map is a quarter of the image side
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [0, 1] -> the last conv stage before pooling: (B, 4 * width, H // 4, W // 4).
+
+        Dense pretext tasks (colorization, inpainting, super-resolution) decode from it; forward() pools it.
+        """
+        return self.features[:-2](self.normalize(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(self.normalize(x))
@@ -65,6 +73,13 @@ class ResNet18(nn.Module):
         net.fc = nn.Identity()
         self.net = net
         self.dim = 512
+        self.stride = 8  # stride-1 stem, then layers 2-4 halve the side
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [0, 1] -> layer4's output before pooling: (B, 512, H/8, W/8) (rounded up)."""
+        n = self.net
+        x = n.relu(n.bn1(n.conv1(self.normalize(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
@@ -81,12 +96,12 @@ def build_backbone(name: str, in_channels: int, width: int = 32, mean=None, std=
 
 
 def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), scaled to [0, 1], from at most `max_images`.
+    """Per-channel mean and std of images (N, C, H, W), uint8 (scaled to [0, 1]) or float, from at most `max_images`.
 
     A seeded random sample, not the first images: folders come sorted by class.
     """
     pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:max_images].sort().values
-    x = images[pick].float().div_(255)
+    x = images[pick].float().div_(255) if images.dtype == torch.uint8 else images[pick].float()
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return mean.tolist(), std.tolist()

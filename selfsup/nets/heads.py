@@ -63,3 +63,74 @@ class ConvDecoder(nn.Module):
         if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return x
+
+
+class DenseDecoder(nn.Module):
+    """A backbone's feature map -> a dense prediction: (B, in_dim, h, w) -> (B, out_channels, size, size).
+
+    For the dense pretext tasks (colorization, inpainting, split-brain, super-resolution). `upsample` stages each
+    double the side (nearest-neighbour upsampling, 3x3 conv, GroupNorm, ReLU; no checkerboard of transposed
+    convolutions); a last 3x3 conv gives the output channels, resized to exactly `size` when it is given and the
+    side differs (28 px on a stride-8 ResNet: 4 -> 32 -> 28). upsample=0 predicts at the feature map's resolution
+    (Zhang et al. 2016 predict colour at a quarter of the input side). Thrown away after pretraining.
+    """
+
+    def __init__(self, in_dim: int, out_channels: int, upsample: int, width: int = 32, size: int | None = None):
+        super().__init__()
+        self.size = size
+        widths = [max(width, min(in_dim, 4 * width) // 2 ** i) for i in range(upsample + 1)]  # 4w, 2w, w, w, ...
+        c = widths[0]
+        blocks: list[nn.Module] = [nn.Conv2d(in_dim, c, 3, padding=1, bias=False), nn.GroupNorm(math.gcd(8, c), c),
+                                   nn.ReLU(inplace=True)]
+        for c_out in widths[1:]:
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c_out, 3, padding=1, bias=False),
+                       nn.GroupNorm(math.gcd(8, c_out), c_out), nn.ReLU(inplace=True)]
+            c = c_out
+        blocks.append(nn.Conv2d(c, out_channels, 3, padding=1))
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(features)
+        if self.size is not None and x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x
+
+
+class Discriminator(nn.Module):
+    """A small conv net: (B, C, S, S) images in [0, 1] -> one real/fake logit per image (B,).
+
+    For the optional adversarial terms (context encoder, SRGAN): strided 4x4 convs with LeakyReLU(0.2) as in DCGAN,
+    no normalization (each image is judged on its own, which also keeps the one-optimizer trick in
+    `adversarial_losses` exact), global average pool, linear.
+    """
+
+    def __init__(self, channels: int, width: int = 32, stages: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        c = channels
+        for i in range(stages):
+            c_out = width * 2 ** i
+            blocks += [nn.Conv2d(c, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            c = c_out
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out = nn.Linear(c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x * 2 - 1)).squeeze(1)
+
+
+def adversarial_losses(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(discriminator loss, generator loss) for one step of a GAN trained with a single optimizer.
+
+    The discriminator's loss -log D(real) - log(1 - D(fake)) sees `fake` detached, so it moves only the
+    discriminator; the generator's non-saturating loss -log D(fake) is computed with the discriminator's weights
+    detached (torch.func.functional_call), so it moves only the generator. Their sum can then be minimized by the
+    method's one optimizer, and the GAN's two opposite objectives never share a gradient.
+    """
+    d_real, d_fake = disc(real), disc(fake.detach())
+    d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+              + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+    frozen = {name: p.detach() for name, p in disc.named_parameters()}
+    g_fake = torch.func.functional_call(disc, frozen, (fake,))
+    g_loss = F.binary_cross_entropy_with_logits(g_fake, torch.ones_like(g_fake))
+    return d_loss, g_loss
