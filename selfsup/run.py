@@ -92,8 +92,11 @@ def encoder_factory(cfg: Config, channels: int, sample: torch.Tensor | None = No
     `channels`-channel images, normalized by the statistics of `sample` (see Method.make_encoder)."""
     cls = METHODS[cfg.method.name]
 
-    def build(in_channels: int, mean: list[float], std: list[float], width: int | None = None) -> nn.Module:
-        return build_backbone(cfg.model.backbone, in_channels, width or cfg.model.width, mean, std)
+    def build(in_channels: int, mean: list[float], std: list[float], width: int | None = None,
+              width_scale: float = 1.0) -> nn.Module:
+        """width: the backbone's width (None: the configured model.width, times width_scale, at least 1)."""
+        return build_backbone(cfg.model.backbone, in_channels, width or max(1, int(cfg.model.width * width_scale)),
+                              mean, std)
 
     return lambda: cls.make_encoder(build, channels, sample)
 

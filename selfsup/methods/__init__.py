@@ -5,11 +5,15 @@ from __future__ import annotations
 from selfsup.methods.ae import AE
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.cae import CAE
+from selfsup.methods.colorization import Colorization
 from selfsup.methods.dae import DAE
+from selfsup.methods.inpainting import Inpainting
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.relpatch import RelPatch
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.splitbrain import SplitBrain
+from selfsup.methods.superres import SuperRes
 
 METHODS: dict[str, type[Method]] = {
     SimCLR.name: SimCLR,
@@ -19,6 +23,10 @@ METHODS: dict[str, type[Method]] = {
     RelPatch.name: RelPatch,
     RotNet.name: RotNet,
     Jigsaw.name: Jigsaw,
+    Colorization.name: Colorization,
+    Inpainting.name: Inpainting,
+    SplitBrain.name: SplitBrain,
+    SuperRes.name: SuperRes,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig"]

@@ -43,7 +43,8 @@ class Method(nn.Module):
                      sample: torch.Tensor | None = None) -> nn.Module:
         """The network this method trains and exports, for images with `channels` channels.
 
-        build(in_channels, mean, std, width=None) makes a backbone of the configured architecture that normalizes
+        build(in_channels, mean, std, width=None, width_scale=1.0) makes a backbone of the configured architecture
+        (width: the configured one unless given; width_scale multiplies it, split-brain takes halves) that normalizes
         its input by (mean, std) per channel. sample: a seeded sample of the training images, float in [0, 1],
         whose statistics set that normalization; None when saved weights (normalization included) are loaded next.
         Default: one backbone on the image. Colorization and split-brain wrap theirs (nets/encoders.py).
