@@ -126,12 +126,14 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
     return method, make_backbone
 
 
-def check_config(cfg: Config, train: ImageSet, evaluation: bool = True) -> None:
+def check_config(cfg: Config, train: ImageSet, evaluation: bool = True, pretraining: bool = True) -> None:
     """Impossible values that need the data to be known, reported as one line with the fix.
 
-    evaluation=False skips the evaluation settings (pretraining alone does not use them).
+    evaluation=False skips the evaluation settings (pretraining alone does not use them); pretraining=False says
+    `train` is evaluation data only, so the pretraining batch size need not fit it.
     """
-    check_batch(cfg.train.batch_size, len(train))
+    if pretraining:
+        check_batch(cfg.train.batch_size, len(train))
     labelled = int((train.labels >= 0).sum())
     if evaluation and "few-label" in cfg.eval.protocols and labelled:
         if cfg.eval.labels > labelled:
@@ -197,7 +199,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     train_set, _ = load_data(cfg, for_pretraining=True)
     check_config(cfg, train_set, evaluation=evaluate_after and cfg.eval.data is None)
     if evaluate_after and cfg.eval.data is not None:
-        check_config(cfg, load_eval_data(cfg)[0])  # the labels asked for must exist in the evaluation data
+        check_config(cfg, load_eval_data(cfg)[0], pretraining=False)  # the labels must exist in the evaluation data
     device = resolve_device(cfg.train.device)
     # Everything that can reject the config runs before the run folder exists, so bad input leaves nothing behind.
     method, _ = build_method(cfg, train_set, views)
@@ -276,7 +278,7 @@ def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list
         raise SelfSupError(f"pretraining in {run_dir} has not finished; finish it with "
                            f"`selfsup run --resume {run_dir}`")
     train_set, test_set = load_eval_data(cfg)
-    check_config(cfg, train_set)
+    check_config(cfg, train_set, pretraining=False)
     backbone, fresh = load_encoder_backbone(run_dir, train_set.channels, cfg, with_fresh=True)
     device = resolve_device(cfg.train.device)
     t0 = time.perf_counter()

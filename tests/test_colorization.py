@@ -15,7 +15,6 @@ from selfsup.run import build_method, evaluate_run, load_encoder_backbone, metho
 from selfsup.views.lab import ab_quantizer, lab_scaled, lab_to_rgb, lightness, rgb_to_lab
 from test_run import colour_folder
 
-skimage_color = pytest.importorskip("skimage.color")
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +35,7 @@ def hard_colours() -> torch.Tensor:
 
 
 def test_rgb_to_lab_matches_scikit_image():
+    skimage_color = pytest.importorskip("skimage.color")  # a test dependency: `pip install -e .[test]`
     x = hard_colours()
     ours = rgb_to_lab(x)
     ref = torch.from_numpy(skimage_color.rgb2lab(x[0].permute(1, 2, 0).double().numpy())).permute(2, 0, 1)
@@ -44,11 +44,19 @@ def test_rgb_to_lab_matches_scikit_image():
 
 
 def test_lab_round_trip_and_lab_to_rgb_matches_scikit_image():
+    skimage_color = pytest.importorskip("skimage.color")
     x = hard_colours()
     assert (lab_to_rgb(rgb_to_lab(x)) - x).abs().max() < 1e-4
     lab = rgb_to_lab(x)[0].permute(1, 2, 0).double().numpy()
     ref = torch.from_numpy(skimage_color.lab2rgb(lab)).permute(2, 0, 1).float()
     assert (lab_to_rgb(rgb_to_lab(x))[0] - ref).abs().max() < 1e-3
+    # Out of the gamut too (predicted colours often are): dark L with strong b, bright L with strong a, ...
+    odd = torch.tensor([[5.0, 0, 100], [95, 80, -60], [50, -110, 110], [20, 60, -100], [70, 0, 0], [0, 40, 40]])
+    ours = lab_to_rgb(odd.T.reshape(1, 3, 2, 3))[0]
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore")  # scikit-image warns about the negative Z values it clips
+        ref = torch.from_numpy(skimage_color.lab2rgb(odd.reshape(2, 3, 3).double().numpy())).permute(2, 0, 1)
+    assert (ours - ref.float()).abs().max() < 1e-3
 
 
 def test_grey_images_have_no_colour_and_the_same_lightness_as_their_rgb_copy():
@@ -164,6 +172,24 @@ def test_prepare_is_deterministic_and_the_prior_travels_in_the_state_dict():
     assert not torch.allclose(a.prior, torch.full_like(a.prior, 1 / a.prior.numel()))  # filled from the images
 
 
+def test_impossible_colorization_settings_are_clear_errors():
+    from selfsup.errors import SelfSupError
+
+    with pytest.raises(SelfSupError, match="rebalance_lambda"):
+        load_config({"method": {"name": "colorization", "rebalance_lambda": 0}})
+    cfg = load_config({"method": {"name": "colorization", "upsample": 3}, "model": {"width": 4}})
+    with pytest.raises(SelfSupError, match="method.upsample=2 or less"):
+        build_method(cfg, sources.load("synthetic", "train", n=16, channels=3, seed=0))
+
+
+def test_rebalancing_weights_stay_finite_when_bins_are_never_seen():
+    q = ab_quantizer()
+    prior = q.prior(torch.randn(4000, 2, generator=torch.Generator().manual_seed(6)) * 8)
+    assert (prior == 0).any()  # the smoothed prior underflows far from every seen colour
+    w = q.rebalancing_weights(prior, lam=0.001)
+    assert torch.isfinite(w).all() and abs(float((prior * w).sum()) - 1) < 1e-4
+
+
 def test_colorization_figure_shows_lightness_prediction_mean_and_truth(tmp_path):
     from PIL import Image
 
@@ -191,9 +217,20 @@ def test_colour_pretraining_evaluates_on_grey_data(tmp_path, monkeypatch):
     assert "pretrained on" in (run_dir / "results.md").read_text()
     meta = json.loads((run_dir / "eval.json").read_text())
     assert meta["data"]["name"] == "synthetic"
-    encoder = load_encoder_backbone(run_dir, 1)
+    encoder, fresh = load_encoder_backbone(run_dir, 1, with_fresh=True)
     assert isinstance(encoder, LightnessEncoder)
     assert encoder(torch.rand(2, 1, 16, 16)).shape == (2, encoder.dim)
+    assert_fair_baseline(encoder, fresh())
+
+
+def assert_fair_baseline(encoder, random_net):
+    """The random-init baseline: the same wrapper, the same input normalization, other weights."""
+    assert type(random_net) is type(encoder)
+    trained, fresh = encoder.state_dict(), random_net.state_dict()
+    assert trained.keys() == fresh.keys()
+    norm = [k for k in trained if ".normalize." in f".{k}"]
+    assert norm and all(torch.equal(trained[k], fresh[k]) for k in norm)
+    assert any(not torch.equal(trained[k], fresh[k]) for k in trained if k not in norm)
 
 
 def test_a_colour_simclr_encoder_evaluates_on_grey_data_through_the_channel_adapter(tmp_path, monkeypatch):
@@ -205,7 +242,21 @@ def test_a_colour_simclr_encoder_evaluates_on_grey_data_through_the_channel_adap
     run_dir, _ = pretrain(cfg, out=tmp_path / "run", progress=False, log=lambda s: None)
     result = evaluate_run(run_dir, log=lambda s: None, eval_data="synthetic")
     assert result["data"]["name"] == "synthetic" and 0 <= result["few_label"]["ssl"] <= 1
-    assert isinstance(load_encoder_backbone(run_dir, 1), ChannelAdapter)
+    encoder, fresh = load_encoder_backbone(run_dir, 1, with_fresh=True)
+    assert isinstance(encoder, ChannelAdapter)
+    assert_fair_baseline(encoder, fresh())
+
+
+def test_evaluation_data_smaller_than_the_pretraining_batch_is_fine(tmp_path, monkeypatch):
+    """Evaluation never uses train.batch_size: 24 labelled images evaluate a run pretrained with batch 256."""
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    cfg = load_config({"data": {"name": "synthetic", "synthetic_size": 300}, "model": {"width": 4},
+                       "train": {"steps": 1, "batch_size": 256},
+                       "eval": {"labels": 10, "scratch_epochs": 1, "protocols": ["few-label"]}})
+    run_dir, _ = pretrain(cfg, out=tmp_path / "run", progress=False, log=lambda s: None)
+    small = colour_folder(tmp_path / "small", per_class=15)  # 30 images, 24 after the held-out fifth
+    result = evaluate_run(run_dir, log=lambda s: None, eval_data=str(small))
+    assert result["data"]["train"] == 24
 
 
 def test_eval_labels_are_checked_against_the_evaluation_data_before_training(tmp_path, monkeypatch):

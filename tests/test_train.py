@@ -15,11 +15,11 @@ from selfsup.run import build_method
 from selfsup.train import Budget, StopRequest, train
 
 
-def tiny_setup(steps: int, seed: int = 0, optimizer: str = "lars"):
-    cfg = load_config({"data": {"name": "synthetic"}, "model": {"width": 4},
+def tiny_setup(steps: int, seed: int = 0, optimizer: str = "lars", method: dict | None = None, channels: int = 1):
+    cfg = load_config({"data": {"name": "synthetic"}, "model": {"width": 4}, "method": method or {"name": "simclr"},
                        "train": {"steps": steps, "batch_size": 16, "seed": seed, "optimizer": optimizer,
                                  "log_every": 1, "device": "cpu"}})
-    data = sources.load("synthetic", "train", n=96, seed=0)
+    data = sources.load("synthetic", "train", n=96, seed=0, channels=channels)
     method, _ = build_method(cfg, data)
     return cfg, data, method
 
@@ -40,20 +40,30 @@ def interrupt_after(method, monkeypatch, k: int) -> None:
     monkeypatch.setattr(method, "on_step_end", hook)
 
 
-@pytest.mark.parametrize("optimizer", ["lars", "adamw"])
-def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer):
+RESUME_CASES = [  # (optimizer, method config, channels): methods with state beyond a backbone and a head
+    ("lars", None, 1), ("adamw", None, 1),
+    ("adamw", {"name": "colorization"}, 3),  # the colour prior and rebalancing weights (buffers from prepare())
+    ("adamw", {"name": "inpainting", "adversarial": True}, 1),  # a discriminator and its random masks
+    ("adamw", {"name": "splitbrain"}, 3),  # two backbones in one encoder
+]
+
+
+@pytest.mark.parametrize("optimizer,method_cfg,channels", RESUME_CASES,
+                         ids=["simclr-lars", "simclr-adamw", "colorization", "inpainting-adversarial", "splitbrain"])
+def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer, method_cfg, channels):
     # Uninterrupted: 9 steps, crossing an epoch boundary (96 images / 16 = 6 steps per epoch).
-    cfg, data, method = tiny_setup(9, optimizer=optimizer)
+    setup = dict(optimizer=optimizer, method=method_cfg, channels=channels)
+    cfg, data, method = tiny_setup(9, **setup)
     train(method, data.images, cfg.train, tmp_path / "full", progress=False)
     full = weights(method)
 
-    cfg, _, first = tiny_setup(9, optimizer=optimizer)
+    cfg, _, first = tiny_setup(9, **setup)
     interrupt_after(first, monkeypatch, 4)
     result = train(first, data.images, cfg.train, tmp_path / "split", progress=False)
     assert result.interrupted and result.steps == 4
     assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 4
 
-    cfg, _, resumed = tiny_setup(9, optimizer=optimizer)  # a new process would build everything afresh
+    cfg, _, resumed = tiny_setup(9, **setup)  # a new process would build everything afresh
     torch.manual_seed(123)  # the global RNG is restored from the checkpoint, whatever it is now
     result = train(resumed, data.images, cfg.train, tmp_path / "split", resume=True, progress=False)
     assert result.steps == 9 and not result.interrupted

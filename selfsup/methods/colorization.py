@@ -20,6 +20,7 @@ grey Fashion-MNIST as it is (`--eval-data fashion-mnist`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import opt
+from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig, input_stats
 from selfsup.nets.encoders import LightnessEncoder
 from selfsup.nets.heads import DenseDecoder
@@ -41,13 +43,22 @@ from selfsup.views.recipes import Recipe
 class ColorizationConfig(MethodConfig):
     name: str = "colorization"
     loss: str = opt("classification", "classification: cross-entropy over quantized ab bins with class rebalancing (the paper's; vivid colours); regression: L2 on ab (the lecture's counter-example; desaturated colours).", choices=["classification", "regression"])
-    rebalance_lambda: float = opt(0.5, "lambda of the class rebalancing: weights ((1 - lambda) p~ + lambda/Q)^-1 (paper: 0.5). 1 gives every bin the same weight (no rebalancing); 0 divides by the prior itself (rare bins weigh enormously).", min=0, max=1)
+    rebalance_lambda: float = opt(0.5, "lambda of the class rebalancing: weights ((1 - lambda) p~ + lambda/Q)^-1 (paper: 0.5). 1 gives every bin the same weight (no rebalancing); near 0 divides by the prior itself (rare bins weigh enormously; 0 is refused, bins no training pixel falls near would weigh infinitely).", min=0.001, max=1)
     temperature: float = opt(0.38, "Annealed-mean temperature T used to turn a predicted distribution into a colour (paper: 0.38; 1 = mean, 0 = mode). Only for pictures: training does not use it.", min=0.01, max=1)
     sigma: float = opt(5.0, "Gaussian width in ab units of the soft targets and of the prior's smoothing (paper: 5).", min=0.1)
     neighbours: int = opt(5, "Bins in each pixel's soft target (paper: 5).", min=1, max=5)
     upsample: int = opt(0, "Doublings of the prediction's resolution above the backbone's feature map (0: a quarter of the side on small-cnn, as in the paper; each step costs 4x more in the classification head).", min=0, max=3)
     decoder_width: int = opt(32, "Channel width of the prediction head (thrown away after pretraining).", min=4)
     prior_images: int = opt(2000, "Training images (a seeded sample) whose ab pixels give the empirical bin distribution p~.", min=1)
+
+
+def check_upsample(upsample: int, backbone: nn.Module) -> None:
+    """Predictions finer than the image would only replicate the targets (and cost Q x 4^upsample per pixel)."""
+    stride = getattr(backbone, "stride", None) or getattr(getattr(backbone, "net_l", None), "stride", None) or 1
+    most = max(0, round(math.log2(stride)))
+    if upsample > most:
+        raise SelfSupError(f"method.upsample={upsample} would predict at more than the image's resolution: the "
+                           f"backbone's feature map is 1/{stride} of the side, so use method.upsample={most} or less")
 
 
 class Colorization(Method):
@@ -73,6 +84,7 @@ class Colorization(Method):
         self.cfg = cfg
         self.quantizer = ab_quantizer(10.0)
         q = self.quantizer.q
+        check_upsample(cfg.upsample, backbone)
         out = q if cfg.loss == "classification" else 2
         self.decoder = DenseDecoder(backbone.dim, out, cfg.upsample, cfg.decoder_width)
         # Filled by prepare() from the training images; buffers, so checkpoints carry them.
@@ -83,8 +95,11 @@ class Colorization(Method):
     def prepare(self, images: torch.Tensor) -> None:
         """p~ (smoothed bin distribution) and the rebalancing weights from a seeded sample of training images."""
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:self.cfg.prior_images]
-        ab = lab_scaled(images[pick].float().div(255))[:, 1:] * AB_SCALE  # (n, 2, H, W) in Lab units
-        prior = self.quantizer.prior(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.cfg.sigma)
+        counts = torch.zeros(self.quantizer.q, dtype=torch.float64)
+        for chunk in pick.split(200):  # Lab of 2000 STL-10 images at once would take 1.7 GB
+            ab = lab_scaled(images[chunk].float().div(255))[:, 1:] * AB_SCALE  # (n, 2, H, W) in Lab units
+            counts += self.quantizer.counts(ab.permute(0, 2, 3, 1))
+        prior = self.quantizer.prior(counts=counts, sigma=self.cfg.sigma)
         self.prior.copy_(prior)
         self.weights.copy_(self.quantizer.rebalancing_weights(prior, self.cfg.rebalance_lambda))
         used = int((prior > 1e-4).sum())
@@ -103,12 +118,10 @@ class Colorization(Method):
         if self.cfg.loss == "regression":
             loss = F.mse_loss(out.float(), ab)
             return loss, {"ab_rmse": (loss.detach().sqrt() * AB_SCALE).item()}
-        pixels_ab = ab.permute(0, 2, 3, 1).reshape(-1, 2) * AB_SCALE
-        idx, w = self.quantizer.soft_encode(pixels_ab, self.cfg.neighbours, self.cfg.sigma)  # (N, k) each
-        logp = F.log_softmax(out.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, out.shape[1])  # (N, Q)
-        per_pixel = -(w * logp.gather(1, idx)).sum(dim=1)
-        loss = (self.weights[idx[:, 0]] * per_pixel).mean()
-        return loss, {"cross_entropy": per_pixel.mean().item()}
+        per_pixel = self.quantizer.cross_entropy(out, ab * AB_SCALE, self.cfg.neighbours, self.cfg.sigma)  # (B, h, w)
+        idx = self.quantizer.nearest(ab.permute(0, 2, 3, 1) * AB_SCALE)  # (B, h, w): each pixel's q*
+        loss = (self.weights[idx] * per_pixel).mean()
+        return loss, {"cross_entropy": per_pixel.detach().mean().item()}
 
     def colorize(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """x: (B, 3, H, W) in [0, 1] -> the predicted colour image (B, 3, H, W): the true L, the predicted ab."""

@@ -40,6 +40,7 @@ from torch import nn
 
 from selfsup.config import opt
 from selfsup.methods.base import Method, MethodConfig, input_stats
+from selfsup.methods.colorization import check_upsample
 from selfsup.nets.encoders import SplitBrainEncoder
 from selfsup.nets.heads import DenseDecoder
 from selfsup.report.figures import image_grid_png
@@ -115,6 +116,7 @@ class SplitBrain(Method):
         self.quantizer = ab_quantizer(10.0)
         self.l_bins = LightnessBins(cfg.l_bins)
         classify = cfg.loss == "classification"
+        check_upsample(cfg.upsample, backbone.net_l)
         self.to_ab = DenseDecoder(backbone.net_l.dim, self.quantizer.q if classify else 2, cfg.upsample,
                                   cfg.decoder_width)  # L -> ab, on net_l's feature map
         self.to_l = DenseDecoder(backbone.net_ab.dim, cfg.l_bins if classify else 1, cfg.upsample,
@@ -143,13 +145,10 @@ class SplitBrain(Method):
             loss_ab, loss_l = F.mse_loss(out_ab.float(), ab_t), F.mse_loss(out_l.float(), l_t)
             return loss_ab + loss_l, {"ab_rmse": (loss_ab.detach().sqrt() * AB_SCALE).item(),
                                       "l_rmse": (loss_l.detach().sqrt() * 100).item()}
-        pixels_ab = ab_t.permute(0, 2, 3, 1).reshape(-1, 2) * AB_SCALE  # (N, 2) in Lab units
-        logp = F.log_softmax(out_ab.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, out_ab.shape[1])  # (N, Q)
-        if self.cfg.ab_target == "soft":
-            idx, w = self.quantizer.soft_encode(pixels_ab, 5, 5.0)  # (N, 5) each
-            loss_ab = -(w * logp.gather(1, idx)).sum(dim=1).mean()
+        if self.cfg.ab_target == "soft":  # the 5 nearest bins, Gaussian weights of width 5, as in colorization
+            loss_ab = self.quantizer.cross_entropy(out_ab, ab_t * AB_SCALE, 5, 5.0).mean()
         else:
-            loss_ab = F.nll_loss(logp, self.quantizer.nearest(pixels_ab))
+            loss_ab = F.cross_entropy(out_ab.float(), self.quantizer.nearest(ab_t.permute(0, 2, 3, 1) * AB_SCALE))
         loss_l = F.cross_entropy(out_l.float(), self.l_bins.encode(l_t[:, 0] * 100))
         return loss_ab + loss_l, {"ab_cross_entropy": loss_ab.item(), "l_cross_entropy": loss_l.item()}
 

@@ -48,7 +48,9 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) Lab -> (..., 3, H, W) sRGB clamped to [0, 1] (colours outside the gamut are clipped)."""
     L, a, b = lab.float().unbind(-3)
     fy = (L + 16) / 116
-    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=-3)
+    # f(Z) below 0 (a strong yellow at low L: no such colour) is clipped to 0 first, as scikit-image's lab2rgb does,
+    # so out-of-gamut predictions are shown as the reference shows them.
+    f = torch.stack([fy + a / 500, fy, (fy - b / 200).clamp_min(0)], dim=-3)
     xyz = torch.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29))
     m = torch.linalg.inv(_RGB_TO_XYZ / _WHITE[:, None]).to(xyz)
     linear = torch.einsum("ij,...jhw->...ihw", m, xyz).clamp(0, 1)
@@ -143,10 +145,16 @@ class ABQuantizer:
         chosen = torch.where(w > 0, chosen, chosen[:, :1])
         return chosen, w / w.sum(dim=1, keepdim=True)
 
-    def prior(self, ab: torch.Tensor, sigma: float = 5.0) -> torch.Tensor:
-        """Empirical distribution of the bins over ab values (Lab units, (N, 2)), smoothed by a Gaussian of width
-        sigma in the ab plane (Zhang et al.: sigma = 5): (Q,) summing to 1."""
-        counts = torch.bincount(self.nearest(ab).flatten().cpu(), minlength=self.q).double()
+    def counts(self, ab: torch.Tensor) -> torch.Tensor:
+        """How many ab values (Lab units, (..., 2)) fall nearest to each bin: (Q,) float64 on the CPU."""
+        return torch.bincount(self.nearest(ab).flatten().cpu(), minlength=self.q).double()
+
+    def prior(self, ab: torch.Tensor | None = None, sigma: float = 5.0, counts: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Empirical distribution of the bins over ab values (Lab units, (N, 2)) or over summed `counts` (for data
+        seen in chunks), smoothed by a Gaussian of width sigma in the ab plane (Zhang et al.: sigma = 5): (Q,)
+        summing to 1."""
+        counts = self.counts(ab) if counts is None else counts.double()
         p = counts / counts.sum().clamp_min(1)
         kernel = torch.exp(-torch.cdist(self.centers, self.centers).double() ** 2 / (2 * sigma ** 2))
         smoothed = kernel @ p
@@ -158,6 +166,20 @@ class ABQuantizer:
         normalization: the expected weight of a pixel under the data is 1). Rare colours get large weights."""
         w = 1.0 / ((1 - lam) * prior + lam / prior.numel())
         return w / (prior * w).sum()
+
+    def cross_entropy(self, logits: torch.Tensor, ab: torch.Tensor, k: int = 5, sigma: float = 5.0,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel cross-entropy against the soft targets of `soft_encode`, times weights[q*] of the nearest bin.
+
+        logits: (B, Q, h, w); ab: (B, 2, h, w) in Lab units; weights: (Q,) or None -> (B, h, w). Works on the
+        logits' own layout (no permuted copy of the biggest tensor of the method); k = 1 is the hard nearest bin.
+        """
+        b, q, h, w = logits.shape
+        idx, wt = self.soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), k, sigma)  # (B*h*w, k), pixel-major
+        idx = idx.view(b, h, w, k).permute(0, 3, 1, 2)  # (B, k, h, w)
+        wt = wt.view(b, h, w, k).permute(0, 3, 1, 2)
+        per_pixel = -(wt * torch.log_softmax(logits.float(), dim=1).gather(1, idx)).sum(dim=1)  # (B, h, w)
+        return per_pixel if weights is None else per_pixel * weights[idx[:, 0]]
 
     def annealed_mean(self, logits: torch.Tensor, temperature: float = 0.38, dim: int = 1) -> torch.Tensor:
         """The paper's decoding H(Z): softmax(log z / T) of the predicted distribution z, then its mean ab.
