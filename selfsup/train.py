@@ -172,6 +172,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
         metrics_path.write_text("")
     dtype = autocast_dtype(cfg.precision, device)
     loss_fn = torch.compile(method.loss) if cfg.compile else method.loss
+    collapse = getattr(method, "collapse", None)  # joint-embedding methods: a CollapseMonitor (methods/collapse.py)
 
     def checkpoint(elapsed: float) -> None:
         save_checkpoint(run_dir / CHECKPOINT, {
@@ -234,6 +235,8 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
                        "elapsed_s": round(elapsed, 2), "total_steps": budget.total_steps}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
+                if collapse is not None and (warning := collapse.check(row)):  # one line, once per run
+                    tqdm.write(warning, file=sys.stderr)
                 window, window_steps, window_start = {}, 0, now
             rate = bar.format_dict.get("rate") or 0.0
             bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{cfg.batch_size * rate:.0f}", refresh=False)

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from selfsup.methods.ae import AE
+from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.byol import BYOL
 from selfsup.methods.cae import CAE
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.dae import DAE
 from selfsup.methods.inpainting import Inpainting
 from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.moco import MoCo
 from selfsup.methods.relpatch import RelPatch
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.splitbrain import SplitBrain
 from selfsup.methods.superres import SuperRes
+from selfsup.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
     SimCLR.name: SimCLR,
+    MoCo.name: MoCo,
+    BYOL.name: BYOL,
+    SimSiam.name: SimSiam,
     AE.name: AE,
     DAE.name: DAE,
     CAE.name: CAE,
@@ -27,6 +35,8 @@ METHODS: dict[str, type[Method]] = {
     Inpainting.name: Inpainting,
     SplitBrain.name: SplitBrain,
     SuperRes.name: SuperRes,
+    BarlowTwins.name: BarlowTwins,
+    VICReg.name: VICReg,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig"]

@@ -16,6 +16,7 @@ from torch import nn
 from selfsup.config import opt
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.collapse import CollapseMonitor
 from selfsup.nets.heads import mlp
 from selfsup.views.recipes import Recipe
 
@@ -42,6 +43,7 @@ class SimCLR(Method):
         self.views = views
         self.cfg = cfg
         self.projector = mlp(backbone.dim, cfg.proj_hidden, cfg.proj_dim, layers=cfg.proj_layers)
+        self.collapse = CollapseMonitor()  # embedding statistics for the logs, and a warning on collapse
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         x1, x2 = self.views(images, self.generator)  # each (B, C, H, W) float in [0, 1]
@@ -49,4 +51,4 @@ class SimCLR(Method):
         z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2B, proj_dim)
         z1, z2 = z.chunk(2)
         loss = nt_xent(z1, z2, self.cfg.temperature)
-        return loss, {}
+        return loss, self.collapse.stats(z1)  # z_std, z_rank: see methods/collapse.py

@@ -51,3 +51,28 @@ def image_grid_png(rows: list[tuple[str, torch.Tensor]], path: str | Path, title
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=metadata))
     plt.close(fig)
     return path
+
+
+def matrix_png(matrix: torch.Tensor, path: str | Path, title: str = "", vmin: float = -1.0, vmax: float = 1.0,
+               cmap: str = "RdBu_r", description: str = "") -> Path:
+    """Save a PNG of a matrix (R, C) with a colour bar; colours are fixed to [vmin, vmax] (diverging by default, so
+    0 is white, positive red and negative blue). `description` goes into the PNG's Description text chunk.
+    Written atomically."""
+    if matrix.dim() != 2:
+        raise ValueError(f"matrix_png needs a 2-d matrix, got shape {tuple(matrix.shape)}")
+    import matplotlib  # here, not at import time: importing selfsup must not switch a user's plotting backend
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    image = ax.imshow(matrix.detach().float().cpu().numpy(), cmap=cmap, vmin=vmin, vmax=vmax,
+                      interpolation="antialiased")  # a smoothed, not a sampled, picture of a large matrix
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    metadata = {"Title": title, "Description": description}
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=metadata))
+    plt.close(fig)
+    return path
