@@ -61,3 +61,17 @@ def test_a_recipe_with_the_wrong_number_of_views_is_one_clear_error(name):
     data = sources.load("synthetic", "train", n=32, channels=METHODS[name].min_channels, seed=0)
     with pytest.raises(SelfSupError, match=f"{name} takes 1 view"):
         build_method(cfg, data)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_one_step_under_bf16_autocast(name):
+    """precision=auto picks bf16 on recent GPUs: every method's loss, views included, must run under it."""
+    channels = max(3, METHODS[name].min_channels)
+    cfg = load_config({"method": {"name": name}, "model": {"width": 4}})
+    data = sources.load("synthetic", "train", n=32, channels=channels, image_size=32, seed=0)
+    method, _ = build_method(cfg, data)
+    method.set_generator(torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = method.loss(data.images[:16])
+    assert torch.isfinite(loss.float())
+    loss.backward()

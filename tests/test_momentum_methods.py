@@ -295,6 +295,11 @@ def test_moco_keys_do_not_share_batch_statistics_with_their_queries():
     assert not torch.allclose(q[0], q_changed[0])
     assert torch.equal(k[0], k_changed[0])
     assert not torch.allclose(k[1], k_changed[1])  # key 1's own image changed
+    # Queries are grouped too: samples outside query 0's block (4-7) do not move it.
+    other_block = x.clone()
+    other_block[4:8] = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(q[0], model.encode_queries(other_block)[0])
 
     leaky, _ = tiny_method("moco", bn_groups=1)
     assert not torch.allclose(leaky.encode_keys(x)[0], leaky.encode_keys(changed)[0])

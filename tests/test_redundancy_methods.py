@@ -341,3 +341,13 @@ def test_the_training_loop_logs_the_stats_and_warns_once(tmp_path, capsys, monke
     train(method, data.images, cfg.train, tmp_path / "collapsed", progress=False)
     err = capsys.readouterr().err
     assert err.count("warning: the embeddings collapsed") == 1 and "at step 1:" in err
+
+
+def test_a_healthy_batch_of_two_does_not_warn_about_rank():
+    """BatchNorm-centred batches of 2 always have rank 1: the rank test needs min(N, D) >= 8 to mean anything."""
+    from selfsup.methods.collapse import CollapseMonitor
+
+    monitor = CollapseMonitor()
+    z = torch.nn.BatchNorm1d(512, affine=False)(torch.randn(2, 512, generator=torch.Generator().manual_seed(0)))
+    row = {"step": 1, **monitor.stats(z)}
+    assert row["z_rank"] < 1.5 and monitor.check(row) is None

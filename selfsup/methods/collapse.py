@@ -16,7 +16,8 @@ Use by composition. In the method:
     logs = self.collapse.stats(z1)                                # in loss(): {"z_std": ..., "z_rank": ...}
 
 with z1 the embeddings of one view as the loss compares them (SimCLR, MoCo, BYOL, SimSiam: the projector output,
-which the loss normalizes; Barlow Twins: the standardized projector output its cross-correlation is made of). The
+which the loss normalizes; Barlow Twins: the standardized projector output its cross-correlation is made of, so
+for Barlow Twins z_std is about 1/sqrt(D) by construction and only the rank can show a collapse). The
 training loop passes every metrics.jsonl row to `method.collapse.check(row)` and prints the one warning it returns.
 Costs one (min(N, D))^2 eigendecomposition a step, under no_grad.
 """
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 STD_FRACTION = 0.1
 # Warn below this effective rank: below 1.5, one singular value is at least 6 times all the others together.
 MIN_RANK = 1.5
+MIN_RANK_ROOM = 8  # the rank test runs only when a batch could have rank 8 or more (min(N, D) >= 8)
 
 
 @torch.no_grad()
@@ -71,6 +73,7 @@ class CollapseMonitor:
     def stats(self, z: torch.Tensor) -> dict[str, float]:
         """z: (N, D) embeddings of one view -> {"z_std", "z_rank"} to add to the method's logs."""
         self.dim = z.shape[-1]
+        self.max_rank = min(z.shape[0], z.shape[-1])
         return embedding_stats(z)
 
     def check(self, row: Mapping[str, Any]) -> str | None:
@@ -78,14 +81,18 @@ class CollapseMonitor:
         if self.warned or self.dim is None or "z_std" not in row:
             return None
         z_std, z_rank, d = float(row["z_std"]), float(row.get("z_rank", math.inf)), self.dim
-        if z_std >= STD_FRACTION / math.sqrt(d) and (z_rank >= MIN_RANK or d < 2):
+        max_rank = getattr(self, "max_rank", d)
+        # A batch of N embeddings has rank at most min(N, D); BatchNorm-centred batches of 2 always have rank 1,
+        # so the rank test needs room to tell a line from a healthy batch.
+        rank_testable = max_rank >= MIN_RANK_ROOM
+        if z_std >= STD_FRACTION / math.sqrt(d) and (z_rank >= MIN_RANK or not rank_testable):
             return None
         self.warned = True
         step = f" at step {row['step']}" if "step" in row else ""
         what = ("every image gets nearly the same embedding" if z_std < STD_FRACTION / math.sqrt(d)
                 else "the embeddings vary along a single direction")
         return (f"warning: the embeddings collapsed{step}: {what} (z_std {z_std:.2g}, healthy about 1/sqrt({d}) = "
-                f"{1 / math.sqrt(d):.2g}; effective rank {z_rank:.3g} of {d}), so the features will be of little use. "
+                f"{1 / math.sqrt(d):.2g}; effective rank {z_rank:.3g} of at most {max_rank}), so the features will be of little use. "
                 f"Usual causes: too high a learning rate, too weak augmentations, or a defence against collapse that "
                 f"is off or too weak (BYOL/SimSiam: no predictor or no stop-gradient; Barlow Twins: too small "
                 f"lambda; VICReg: too small a variance weight). Try: {self.hint + '; ' if self.hint else ''}"

@@ -84,8 +84,9 @@ def _on_subset(x: Tensor, mask: Tensor, fn: Callable[[Tensor, Tensor], Tensor], 
     if idx.numel() == 0:
         return x
     if idx.numel() == x.shape[0]:
-        return x.copy_(fn(x, idx)) if inplace else fn(x, idx)
-    return (x if inplace else x.clone()).index_copy_(0, idx, fn(x.index_select(0, idx), idx))
+        return x.copy_(fn(x, idx)) if inplace else fn(x, idx).to(x.dtype)
+    # .to(x.dtype): under autocast an op may come back in bf16 while the batch is fp32.
+    return (x if inplace else x.clone()).index_copy_(0, idx, fn(x.index_select(0, idx), idx).to(x.dtype))
 
 
 def _where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -503,9 +504,11 @@ def blur(x: Tensor, sigma: float | Tensor, kernel_size: int) -> Tensor:
     w = torch.softmax(-0.5 * (t / s) ** 2, dim=1)  # normalized exp(-t^2 / 2 sigma^2), overflow-safe
     w = w.repeat_interleave(C, 0)  # (B*C, k): one kernel per (sample, channel) group
     pad = k // 2
-    y = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, B * C, H + 2 * pad, W + 2 * pad)
-    y = F.conv2d(y, w.view(B * C, 1, 1, k), groups=B * C)
-    y = F.conv2d(y, w.view(B * C, 1, k, 1), groups=B * C)
+    # Views are data preparation: computed in the batch's precision even inside the training step's autocast.
+    with torch.autocast(x.device.type, enabled=False):
+        y = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, B * C, H + 2 * pad, W + 2 * pad)
+        y = F.conv2d(y, w.to(x.dtype).view(B * C, 1, 1, k), groups=B * C)
+        y = F.conv2d(y, w.to(x.dtype).view(B * C, 1, k, 1), groups=B * C)
     return y.view(B, C, H, W)
 
 
