@@ -168,3 +168,16 @@ def test_a_non_finite_loss_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    """Run folders are shared: results.md and the encoder must be readable by others where the umask allows it."""
+    from selfsup.checkpoint import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "results.md", lambda tmp: open(tmp, "w").write("hello"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.md").read_text() == "hello"
+    assert (tmp_path / "results.md").stat().st_mode & 0o777 == 0o644
