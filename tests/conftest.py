@@ -7,3 +7,15 @@ import pytest
 def _isolated_data_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("SELFSUP_NO_DOWNLOAD", "1")
     monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path_factory.getbasetemp() / "selfsup-cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tests of many tiny tensor ops and backward passes: one torch thread is up to 20x faster than two on a busy
+    2-core CPU. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

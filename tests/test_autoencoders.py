@@ -17,13 +17,7 @@ from selfsup.report.figures import image_grid_png
 from selfsup.run import build_method, method_figures
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny backward passes: one thread is 20x faster than two on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny ops run faster on one thread
 
 
 def tiny_encoder(batch_norm: bool = False) -> nn.Module:

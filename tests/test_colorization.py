@@ -17,12 +17,7 @@ from test_run import colour_folder
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny ops run faster on one thread
 
 
 def hard_colours() -> torch.Tensor:

@@ -17,13 +17,7 @@ from selfsup.run import build_method, method_figures
 from selfsup.views.masks import block_side_range, central_block, make_mask, random_blocks, random_shapes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny forward and backward passes: one thread is much faster than two on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny ops run faster on one thread
 
 
 def batch(b: int = 16, c: int = 3, h: int = 28, w: int = 28) -> torch.Tensor:

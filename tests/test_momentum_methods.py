@@ -19,13 +19,7 @@ from selfsup.run import build_method
 from test_train import interrupt_after, tiny_setup, weights
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny forward and backward passes: one thread is much faster on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny ops run faster on one thread
 
 
 def unit(v: torch.Tensor) -> list[float]:

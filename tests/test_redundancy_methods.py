@@ -19,13 +19,7 @@ from selfsup.run import build_method, method_figures
 from selfsup.train import train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny matrix products: one thread is much faster than two on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny ops run faster on one thread
 
 
 def barlow_reference(z1: torch.Tensor, z2: torch.Tensor, lambd: float, eps: float) -> tuple[float, list[list[float]]]:

@@ -18,12 +18,7 @@ from selfsup.run import build_method, load_encoder_backbone, method_figures, pre
 from selfsup.views.lab import lab_scaled
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny ops run faster on one thread
 
 
 def colour_data(n: int = 32, size: int | None = None):
