@@ -1,6 +1,6 @@
 """MoCo v2, BYOL, SimSiam and their shared parts: the losses against slow references written from the papers'
 formulas, the queue's ring buffer, the EMA helper and momentum schedule, stop-gradients, MoCo's shuffling-BN
-equivalent, and exact resume of the queue, key encoder and target network."""
+equivalent (their exact resume is in tests/test_train.py)."""
 
 import math
 
@@ -16,7 +16,6 @@ from selfsup.methods.moco import encode_in_groups, strided_order
 from selfsup.nets.momentum import EMA, cosine_momentum
 from selfsup.nets.queue import Queue
 from selfsup.run import build_method
-from test_train import interrupt_after, tiny_setup, weights
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny ops run faster on one thread
@@ -341,31 +340,3 @@ def test_simsiam_predictor_is_a_bottleneck_and_logs_the_collapse_monitor():
     loss, logs = model.loss(images)
     assert -1.0 <= loss.item() <= 1.0
     assert 0.0 < logs["z_std"] <= 1.0
-
-
-@pytest.mark.parametrize("method_cfg", [{"name": "moco", "queue_size": 40}, {"name": "byol"}], ids=["moco", "byol"])
-def test_resume_is_bitwise_exact(tmp_path, monkeypatch, method_cfg):
-    """As tests/test_train.py does for other methods: the queue (40 keys, 16 a step, so it wraps), its position,
-    the key encoder and BYOL's target and momentum all come back from the checkpoint."""
-    from selfsup.checkpoint import load_checkpoint
-    from selfsup.train import train
-
-    setup = dict(optimizer="sgd", method=method_cfg)
-    cfg, data, method = tiny_setup(9, **setup)
-    train(method, data.images, cfg.train, tmp_path / "full", progress=False)
-    full = weights(method)
-
-    cfg, _, first = tiny_setup(9, **setup)
-    interrupt_after(first, monkeypatch, 4)
-    result = train(first, data.images, cfg.train, tmp_path / "split", progress=False)
-    assert result.interrupted and result.steps == 4
-    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 4
-
-    cfg, _, resumed = tiny_setup(9, **setup)
-    torch.manual_seed(123)
-    result = train(resumed, data.images, cfg.train, tmp_path / "split", resume=True, progress=False)
-    assert result.steps == 9
-    state = weights(resumed)
-    assert any(k.startswith(("queue.", "tau")) for k in state)
-    for k, v in state.items():
-        assert torch.equal(v, full[k]), k

@@ -1,10 +1,9 @@
 """Barlow Twins, VICReg and the collapse monitor: the losses against slow references written from the papers'
-formulas, the cross-correlation picture, exact resume, and the collapse statistics and their one warning."""
+formulas, the cross-correlation picture, and the collapse statistics and their one warning (their exact resume
+is in tests/test_train.py)."""
 
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -225,34 +224,6 @@ def test_barlow_draws_the_last_training_cross_correlation(tmp_path):
 def test_matrix_png_rejects_a_vector(tmp_path):
     with pytest.raises(ValueError, match="2-d"):
         matrix_png(torch.zeros(4), tmp_path / "m.png")
-
-
-@pytest.mark.parametrize("name", ["barlow", "vicreg"])
-def test_resume_is_bitwise_exact(tmp_path, monkeypatch, name):
-    def setup():
-        cfg = load_config({"data": {"name": "synthetic"}, "model": {"width": 4}, "method": {"name": name, **SMALL},
-                           "train": {"steps": 4, "batch_size": 16, "log_every": 1, "device": "cpu"}})
-        model, _ = build_method(cfg, data)
-        return cfg, model
-
-    data = sources.load("synthetic", "train", n=48, seed=0, channels=1)
-    cfg, model = setup()
-    train(model, data.images, cfg.train, tmp_path / "full", progress=False)
-    full = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg, first = setup()
-
-    def stop_after_two(step, total):  # a Ctrl-C at the end of step 2, as a user would
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(first, "on_step_end", stop_after_two)
-    assert train(first, data.images, cfg.train, tmp_path / "split", progress=False).interrupted
-    cfg, resumed = setup()
-    train(resumed, data.images, cfg.train, tmp_path / "split", resume=True, progress=False)
-    state = resumed.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in full.items())
-    if name == "barlow":
-        assert state["last_c"].any()  # the picture's matrix is in the checkpoint
 
 
 # --- the collapse monitor ------------------------------------------------------------------------------------------

@@ -45,11 +45,18 @@ RESUME_CASES = [  # (optimizer, method config, channels): methods with state bey
     ("adamw", {"name": "colorization"}, 3),  # the colour prior and rebalancing weights (buffers from prepare())
     ("adamw", {"name": "inpainting", "adversarial": True}, 1),  # a discriminator and its random masks
     ("adamw", {"name": "splitbrain"}, 3),  # two backbones in one encoder
+    ("sgd", {"name": "moco", "queue_size": 40}, 1),  # the queue (40 keys, 16 a step: it wraps) and key encoder
+    ("sgd", {"name": "byol"}, 1),  # the EMA target and its momentum
+    ("sgd", {"name": "barlow", "proj_hidden": 16, "proj_dim": 12}, 1),  # the last cross-correlation (the picture)
+    ("sgd", {"name": "vicreg", "proj_hidden": 16, "proj_dim": 12}, 1),
 ]
+# State each case must carry in its checkpoint beyond backbone and heads, by key prefix.
+CARRIED = {"moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights")}
 
 
 @pytest.mark.parametrize("optimizer,method_cfg,channels", RESUME_CASES,
-                         ids=["simclr-lars", "simclr-adamw", "colorization", "inpainting-adversarial", "splitbrain"])
+                         ids=["simclr-lars", "simclr-adamw", "colorization", "inpainting-adversarial", "splitbrain",
+                              "moco", "byol", "barlow", "vicreg"])
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer, method_cfg, channels):
     # Uninterrupted: 9 steps, crossing an epoch boundary (96 images / 16 = 6 steps per epoch).
     setup = dict(optimizer=optimizer, method=method_cfg, channels=channels)
@@ -67,8 +74,11 @@ def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer, method_cfg, c
     torch.manual_seed(123)  # the global RNG is restored from the checkpoint, whatever it is now
     result = train(resumed, data.images, cfg.train, tmp_path / "split", resume=True, progress=False)
     assert result.steps == 9 and not result.interrupted
-    for k, v in weights(resumed).items():
+    state = weights(resumed)
+    for k, v in state.items():
         assert torch.equal(v, full[k]), k
+    for prefix in CARRIED.get((method_cfg or {}).get("name"), ()):
+        assert any(k.startswith(prefix) and v.any() for k, v in state.items()), prefix
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 10))
 
