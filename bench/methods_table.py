@@ -3,15 +3,17 @@
     python bench/methods_table.py --minutes 10 --seeds 0
     python bench/methods_table.py --methods rotnet,jigsaw --minutes 10 --seeds 0 1 2
 
-Each (method, seed) is a run folder under --out (default bench/out/methods); a finished one is reused, so the
-table can be built over several sessions. The table is rewritten into docs/benchmarks.md (section methods-table)
-after every finished run, with the rows measured so far. A fixed wall-clock budget gives every method the same
+Each (method, seed) is a run folder under --out (default bench/out/methods, not kept in git); a finished one is
+reused. Its numbers are also written to bench/results/methods/ (kept in git, a few hundred bytes each), so the table
+is built over several sessions and machines even when bench/out/ is gone. The table is rewritten into
+docs/benchmarks.md (section methods-table) after every finished run, with every row recorded so far. A fixed wall-clock budget gives every method the same
 compute, whatever its cost per step; run it on an otherwise idle machine, or the budget buys fewer steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shutil
 import statistics
@@ -35,6 +37,7 @@ RECOMMENDED: dict[str, list[str]] = {"ae": _ADAMW, "dae": _ADAMW, "cae": _ADAMW}
 # crops, and are evaluated on the table's data set like every other row (their encoders take grey images as
 # they are, see docs/pretext-prediction.md).
 PHOTOS = Path("/usr/share/backgrounds/mate/nature")
+RESULTS = Path(__file__).resolve().parent / "results" / "methods"
 _ON_PHOTOS = [f"data.name={PHOTOS}", "data.crops_per_image=1000", "data.image_size=32"]
 PRETRAIN_ELSEWHERE: dict[str, list[str]] = {"colorization": _ON_PHOTOS, "splitbrain": _ON_PHOTOS}
 
@@ -64,24 +67,50 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
     cfg = load_config({"data": {"name": args.data}, "method": {"name": method},
                        "train": {"minutes": args.minutes, "seed": seed}}, overrides)
     out = run_dir(method, seed, args)
+    if record_path(method, seed, args).exists():
+        print(f"{method} seed {seed}: reusing {record_path(method, seed, args)} (delete it to measure again)")
+        return
     if (out / "eval.json").exists():
         print(f"{method} seed {seed}: reusing {out}")
+        save_record(read_row(method, seed, args))
         return
     if out.exists():
         shutil.rmtree(out)  # a run stopped before its evaluation: start it again
     pretrain(cfg, out=out, progress=False, evaluate_after=True)
     (out / "bench-overrides.json").write_text(json.dumps(overrides))
     evaluate_run(out)
-    read_row(method, seed, args, echo=True)
+    save_record({**read_row(method, seed, args, echo=True), "note": args.note})
+
+
+def record_path(method: str, seed: int, args: argparse.Namespace) -> Path:
+    return RESULTS / f"{run_dir(method, seed, args).name}.json"
+
+
+def save_record(row: dict) -> None:
+    """The numbers the table shows for one run, kept in git (bench/out/ is not)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    e, t = row["eval"], row["train"]
+    record = {
+        "method": row["method"], "seed": row["seed"], "date": row.get("date") or datetime.date.today().isoformat(),
+        "overrides": row["overrides"], "pretext": row["pretext"], "note": row.get("note"),
+        "train": {"steps": t["steps"], "images_per_s": t["images_per_s"]},
+        "eval": {"knn": {"top1": e["knn"]["top1"]}, "linear": {"top1": e["linear"]["top1"]},
+                 "few_label": {k: e["few_label"][k] for k in ("labels", "ssl", "random_init", "supervised_scratch")}},
+    }
+    name = f"{row['run']}.json"
+    tmp = RESULTS / (name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(RESULTS / name)
 
 
 def finished_rows(args: argparse.Namespace) -> list[dict]:
-    """Every finished run of this data and budget in --out, in registry order: the table covers earlier sessions too."""
+    """Every recorded run of this data and budget, in registry order: the table covers earlier sessions too."""
     rows = []
     for method in METHODS:
         for seed in range(100):
-            if (run_dir(method, seed, args) / "eval.json").exists():
-                rows.append(read_row(method, seed, args))
+            path = record_path(method, seed, args)
+            if path.exists():
+                rows.append(json.loads(path.read_text()))
     return rows
 
 
@@ -101,7 +130,8 @@ def read_row(method: str, seed: int, args: argparse.Namespace, echo: bool = Fals
         print(f"{method} seed {seed}: kNN {result['knn']['top1']:.4f}  linear {result['linear']['top1']:.4f}  "
               f"few-label {f['ssl']:.4f}  random-init {f['random_init']:.4f}  scratch {f['supervised_scratch']:.4f}  "
               f"({train['steps']} steps, {train['images_per_s']} images/s)")
-    return {"method": method, "seed": seed, "eval": result, "train": train, "pretext": pretext, "overrides": changed}
+    return {"method": method, "seed": seed, "eval": result, "train": train, "pretext": pretext, "overrides": changed,
+            "run": out.name}
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
@@ -116,8 +146,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "measured inside each run. Mean ± std over seeds where there is more than one.",
         "",
         f"| method | family | seeds | steps | images/s | last pretext acc | kNN | linear, all labels | few-label SSL | "
-        f"few-label random init | few-label scratch | SSL − random init |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"few-label random init | few-label scratch | SSL − random init | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, rs in by_method.items():
         few = [r["eval"]["few_label"] for r in rs]
@@ -131,11 +161,12 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             f"{pct([r['eval']['knn']['top1'] for r in rs])} | {pct([r['eval']['linear']['top1'] for r in rs])} | "
             f"{pct([f['ssl'] for f in few])} | {pct([f['random_init'] for f in few])} | "
             f"{pct([f['supervised_scratch'] for f in few])} | {'+' if statistics.mean(gain) >= 0 else ''}"
-            f"{100 * statistics.mean(gain):.1f} |")
+            f"{100 * statistics.mean(gain):.1f} | {', '.join(sorted({r['date'] for r in rs}))} |")
     lines += ["", "images/s counts the batch's images (RotNet sees each in 4 rotations, jigsaw as 9 tiles, relpatch as 2 "
               "patches). The last pretext accuracy is the training batches' mean over the last logging window."]
-    if args.note:
-        lines += ["", args.note]
+    notes_by_date = sorted({(r["date"], r["note"]) for r in rows if r.get("note")})
+    for day, note in notes_by_date:
+        lines += ["", f"Runs of {day}: {note}"]
     notes = sorted({f"{r['method']}: `{' '.join(r['overrides'])}`" for r in rows if r["overrides"]})
     if notes:
         lines += ["", "Settings beyond the defaults: " + "; ".join(notes) + "."]
@@ -150,7 +181,8 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: every registered method)")
     p.add_argument("--set", action="append", default=[], help="a config override for every method")
     p.add_argument("--out", default="bench/out/methods")
-    p.add_argument("--note", help="a sentence printed under the table (e.g. how busy the machine was)")
+    p.add_argument("--note", help="a sentence kept with the runs this invocation measures and printed under the table "
+                                  "(e.g. how busy the machine was)")
     p.add_argument("--table-only", action="store_true", help="rewrite the table from the finished runs; train nothing")
     args = p.parse_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -164,7 +196,7 @@ def main() -> None:
                           f"Every method at {args.minutes:g} minutes on {args.data}", table(finished_rows(args), args))
     rows = finished_rows(args)
     if not rows:
-        p.error(f"no finished runs in {args.out} for {args.data} at {args.minutes:g} minutes")
+        p.error(f"no recorded runs in {RESULTS} for {args.data} at {args.minutes:g} minutes")
     write_section(f"methods-table-{args.data}-{args.minutes:g}min",
                   f"Every method at {args.minutes:g} minutes on {args.data}", table(rows, args))
     print(table(rows, args))
