@@ -48,7 +48,7 @@ def ours(images: torch.Tensor, backbone: str, batch: int, steps: int) -> float:
 
     def step():
         idx = torch.randint(0, len(images), (batch,), generator=g)
-        loss, _ = method.loss(images[idx])
+        loss, _ = method.step_loss(images[idx], idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -136,7 +136,7 @@ def step_share(data: str, batch: int, steps: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         method.views(images[idx], g)
         t1 = time.perf_counter()
-        loss, _ = method.loss(images[idx])  # the views again, inside a real step
+        loss, _ = method.step_loss(images[idx], idx)  # the views again, inside a real step
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +56,32 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperat
     logits = info_nce_logits(q, k, negatives, temperature)
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)  # the positive is column 0
     return F.cross_entropy(logits, labels)
+
+
+def npid_nce(positive: torch.Tensor, negatives: torch.Tensor, temperature: float, n_data: int,
+             log_z: torch.Tensor | float) -> torch.Tensor:
+    """NPID's noise-contrastive estimation loss (Wu et al. 2018, eqs. 3-6), averaged over the batch.
+
+    positive: (B,) cosine similarity v_i . f_i of each embedding f_i to its own memory entry v_i; negatives: (B, m)
+    similarities to m entries drawn from the noise distribution P_n = 1/n (n = n_data). With the non-parametric
+    softmax estimated as P(i | f) = exp(v_i . f / tau) / Z (Z a constant, estimated once by Monte Carlo: log_z),
+    the probability that a sample came from the data rather than from the m noise draws is
+    h(i, f) = P(i | f) / (P(i | f) + m P_n(i)), and
+
+        J_NCE = -log h(i, f_i) - sum_j log(1 - h(j, f_i)).
+
+    Computed in log space: -log h = softplus(log(m / n) - log P), -log(1 - h) = softplus(log P - log(m / n)).
+    """
+    if positive.dim() != 1 or negatives.dim() != 2 or negatives.shape[0] != positive.shape[0]:
+        raise ValueError(f"npid_nce needs positive (B,) and negatives (B, m), got {tuple(positive.shape)} and "
+                         f"{tuple(negatives.shape)}")
+    with torch.autocast(positive.device.type, enabled=False):
+        m = negatives.shape[1]
+        log_noise = math.log(m / n_data)  # log(m P_n(i))
+        log_p_pos = positive.float() / temperature - log_z  # (B,)
+        log_p_neg = negatives.float() / temperature - log_z  # (B, m)
+        per_image = F.softplus(log_noise - log_p_pos) + F.softplus(log_p_neg - log_noise).sum(dim=1)  # (B,)
+        return per_image.mean()
 
 
 def _cosine_to_target(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

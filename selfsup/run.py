@@ -229,11 +229,33 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     summary = {"steps": result.steps, "total_steps": result.total_steps, "seconds": round(result.seconds, 1),
                "images_per_s": round(result.images_per_second, 1), "final_loss": result.final_loss,
                "interrupted": result.interrupted}
+    if not result.interrupted and hasattr(method, "bank_knn"):
+        summary["bank_knn"] = bank_knn_monitor(method, cfg, train_set, log)
     write_json(run_dir / "train.json", summary)
     log(f"pretraining {'stopped' if result.interrupted else 'done'}: {result.steps}/{result.total_steps} steps in "
         f"{result.seconds / 60:.1f} min, {result.images_per_second:.0f} images/s"
         + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""))
     return run_dir, result
+
+
+def bank_knn_monitor(method: Method, cfg: Config, train_set: ImageSet, log: Callable[[str], None]) -> dict | None:
+    """NPID's free kNN monitor: the memory bank stands in for the training features; only test images are embedded.
+
+    Runs when the pretraining images have labels and a test split to score against; None (and a note) otherwise.
+    """
+    if not bool((train_set.labels >= 0).any()):
+        log("note: no bank kNN: the pretraining images have no labels")
+        return None
+    _, test = load_data(cfg)
+    if test is None or not bool((test.labels >= 0).any()):
+        log("note: no bank kNN: the pretraining data has no labelled test split")
+        return None
+    t0 = time.perf_counter()
+    top1 = method.bank_knn(train_set.labels, test.images, test.labels, k=cfg.eval.knn_k)
+    seconds = round(time.perf_counter() - t0, 1)
+    log(f"memory-bank kNN (k={cfg.eval.knn_k}, embedding space, the bank as training features): "
+        f"{100 * top1:.1f}% on {len(test)} test images in {seconds} s")
+    return {"top1": top1, "k": cfg.eval.knn_k, "seconds": seconds, "test_images": len(test)}
 
 
 def method_figures(method: Method, images: torch.Tensor, seed: int, run_dir: Path, n: int = 8) -> list[Path]:

@@ -171,7 +171,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
     dtype = autocast_dtype(cfg.precision, device)
-    loss_fn = torch.compile(method.loss) if cfg.compile else method.loss
+    loss_fn = torch.compile(method.step_loss) if cfg.compile else method.step_loss
     collapse = getattr(method, "collapse", None)  # joint-embedding methods: a CollapseMonitor (methods/collapse.py)
 
     def checkpoint(elapsed: float) -> None:
@@ -198,13 +198,14 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(n, epoch, cfg.seed).to(device), epoch
-            batch = images[order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
+            indices = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]  # (B,) rows of the training tensor
+            batch = images[indices]
             lr = lr_at(step, budget.total_steps, peak_lr, budget.warmup_steps(cfg.warmup_fraction),
                        cfg.min_lr_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss, logs = loss_fn(batch)
+                loss, logs = loss_fn(batch, indices)
             if not torch.isfinite(loss):
                 # The weights that gave this loss may already be broken: keep the last checkpoint as it is.
                 raise SelfSupError(f"the loss became {loss.item()} at step {step}; start a new run with a lower "

@@ -23,7 +23,7 @@ def test_one_step(name, channels):
     method, make_backbone = build_method(cfg, data)
     method.set_generator(torch.Generator().manual_seed(0))
     before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
-    loss, logs = method.loss(data.images[:16])
+    loss, logs = method.step_loss(data.images[:16], torch.arange(16))
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert all(isinstance(v, float) for v in logs.values())
     loss.backward()
@@ -72,6 +72,6 @@ def test_one_step_under_bf16_autocast(name):
     method, _ = build_method(cfg, data)
     method.set_generator(torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = method.loss(data.images[:16])
+        loss, _ = method.step_loss(data.images[:16], torch.arange(16))
     assert torch.isfinite(loss.float())
     loss.backward()

@@ -8,10 +8,12 @@ from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.byol import BYOL
 from selfsup.methods.cae import CAE
 from selfsup.methods.colorization import Colorization
+from selfsup.methods.cpc import CPC
 from selfsup.methods.dae import DAE
 from selfsup.methods.inpainting import Inpainting
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.moco import MoCo
+from selfsup.methods.npid import NPID
 from selfsup.methods.relpatch import RelPatch
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
@@ -23,6 +25,8 @@ from selfsup.methods.vicreg import VICReg
 METHODS: dict[str, type[Method]] = {
     SimCLR.name: SimCLR,
     MoCo.name: MoCo,
+    NPID.name: NPID,
+    CPC.name: CPC,
     BYOL.name: BYOL,
     SimSiam.name: SimSiam,
     AE.name: AE,

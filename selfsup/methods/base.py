@@ -33,6 +33,9 @@ class Method(nn.Module):
     views_recipe: ClassVar[str] = "simclr"  # the recipe `views.recipe=auto` means for this method
     n_views: ClassVar[int] = 2  # views per image the method's recipe makes
     min_channels: ClassVar[int] = 1  # 3 for methods that only make sense on colour images
+    # True: the training loop calls loss(images, indices), indices (B,) each image's row in the training tensor
+    # (NPID's memory bank). False: loss(images).
+    uses_indices: ClassVar[bool] = False
     notes: list[str]  # lines for the run log: defences that are off, ops skipped on this data, ...
 
     backbone: nn.Module
@@ -61,8 +64,15 @@ class Method(nn.Module):
         self.generator = generator
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """images: (B, C, H, W) uint8 on the training device -> (scalar loss, floats to log)."""
+        """images: (B, C, H, W) uint8 on the training device -> (scalar loss, floats to log).
+
+        A method with uses_indices takes loss(images, indices) instead; `step_loss` calls either.
+        """
         raise NotImplementedError
+
+    def step_loss(self, images: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """loss(images, indices) for a method that uses indices, else loss(images)."""
+        return self.loss(images, indices) if self.uses_indices else self.loss(images)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step (momentum updates, schedules). Default: nothing."""
