@@ -340,3 +340,27 @@ def test_simsiam_predictor_is_a_bottleneck_and_logs_the_collapse_monitor():
     loss, logs = model.loss(images)
     assert -1.0 <= loss.item() <= 1.0
     assert 0.0 < logs["z_std"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["byol", "simsiam"])
+def test_each_view_is_predicted_from_itself_and_regressed_on_the_other(name, monkeypatch):
+    """The loss gets p1, p2 from views 1 and 2 and z1, z2 from the same views (the loss then pairs p1 with z2):
+    a method that swapped its arguments would regress each view on itself, a far easier and useless task."""
+    import importlib
+
+    module = importlib.import_module(f"selfsup.methods.{name}")
+    model, images = tiny_method(name)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = torch.rand(8, 1, 28, 28, generator=g), torch.rand(8, 1, 28, 28, generator=g)
+    model.views = lambda imgs, gen: [x1, x2]  # two known, different views
+    seen = {}
+    loss_fn = getattr(module, f"{name}_loss")
+    monkeypatch.setattr(module, f"{name}_loss", lambda p1, p2, z1, z2: seen.update(p1=p1, p2=p2, z1=z1, z2=z2)
+                        or loss_fn(p1, p2, z1, z2))
+    model.loss(images[:8])
+    with torch.no_grad():  # BN in training mode: the same batch gives the same outputs
+        for i, x in ((1, x1), (2, x2)):
+            online = model.projector(model.backbone(x))
+            assert torch.allclose(seen[f"p{i}"], model.predictor(online), atol=1e-5), f"p{i}"
+            target = (model.target_projector(model.target_backbone(x)) if name == "byol" else online)
+            assert torch.allclose(seen[f"z{i}"], target, atol=1e-5), f"z{i}"
