@@ -116,8 +116,8 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
         views_cfg = cfg.views
         if views_cfg.recipe == "auto":
             views_cfg = dataclasses.replace(views_cfg, recipe=cls.views_recipe)
-        views = build_views(views_cfg, train.channels, train.size, n_views=cls.n_views)
-        if views.n_views != cls.n_views:
+        views = build_views(views_cfg, train.channels, train.size, n_views=cls.n_views or 2)
+        if cls.n_views and views.n_views != cls.n_views:
             raise SelfSupError(f"{cls.name} takes {cls.n_views} view(s) of each image but views.recipe="
                                f"{views_cfg.recipe} makes {views.n_views}; use views.recipe=auto ({cls.views_recipe}) "
                                "or another recipe with that many views")
