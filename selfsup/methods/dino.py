@@ -49,10 +49,11 @@ class DINOHead(nn.Module):
     """MLP (Linear-GELU, Linear-GELU, Linear to the bottleneck), L2 normalization, then a linear layer to K outputs
     whose weight rows are normalized (the paper's weight-normalized last layer with its scale fixed at 1)."""
 
-    def __init__(self, in_dim: int, hidden: int, bottleneck: int, out_dim: int):
+    def __init__(self, in_dim: int, hidden: int, bottleneck: int, out_dim: int, bn: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, bottleneck))
+        norm = (lambda: nn.BatchNorm1d(hidden)) if bn else nn.Identity  # the authors' code: use_bn_in_head
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), norm(), nn.GELU(), nn.Linear(hidden, hidden), norm(),
+                                 nn.GELU(), nn.Linear(hidden, bottleneck))
         self.last = nn.Parameter(torch.empty(out_dim, bottleneck))  # (K, bottleneck), used with unit-norm rows
         nn.init.trunc_normal_(self.last, std=0.02)
 
@@ -87,6 +88,10 @@ class DINOConfig(MethodConfig):
                        "setting, for 60k images).", min=2)
     head_hidden: int = opt(512, "Hidden width of the head's MLP (paper: 2048; 4x small-cnn's 128-d features).", min=1)
     bottleneck: int = opt(128, "Bottleneck before the normalized last layer (paper: 256).", min=1)
+    head_bn: bool = opt(True, "BatchNorm in the head's hidden layers (the authors' code has it as use_bn_in_head, off "
+                        "for ViTs). On here: it takes out what every image's features share, which a freshly "
+                        "initialized CNN's are mostly made of; without it the teacher's centred outputs started "
+                        "near uniform and the run collapsed (docs/clustering-distillation.md).")
     student_temp: float = opt(0.1, "Student temperature (paper: 0.1).", min=1e-4)
     teacher_temp: float = opt(0.07, "Teacher temperature after the warm-up (paper: 0.04 -> 0.07).", min=1e-4)
     teacher_temp_start: float = opt(0.04, "Teacher temperature at the first step (paper: 0.04).", min=1e-4)
@@ -120,7 +125,7 @@ class DINO(Method):
         self.backbone = backbone
         self.views = views
         self.cfg = cfg
-        self.head = DINOHead(backbone.dim, cfg.head_hidden, cfg.bottleneck, cfg.out_dim)
+        self.head = DINOHead(backbone.dim, cfg.head_hidden, cfg.bottleneck, cfg.out_dim, cfg.head_bn)
         self.teacher_backbone = EMA(self.backbone)
         self.teacher_head = EMA(self.head)
         self.register_buffer("center", torch.zeros(cfg.out_dim))  # (K,) running mean of the teacher's outputs
