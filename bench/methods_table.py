@@ -97,6 +97,9 @@ def save_record(row: dict) -> None:
         "eval": {"knn": {"top1": e["knn"]["top1"]}, "linear": {"top1": e["linear"]["top1"]},
                  "few_label": {k: e["few_label"][k] for k in ("labels", "ssl", "random_init", "supervised_scratch")}},
     }
+    c = e.get("clustering") or {}
+    if "nmi" in c:  # k-means on the frozen test features (evaluations from 2026-11-29 on)
+        record["eval"]["clustering"] = {"nmi": c["nmi"], "random_init_nmi": c["random_init"]["nmi"]}
     name = f"{row['run']}.json"
     tmp = RESULTS / (name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -134,6 +137,14 @@ def read_row(method: str, seed: int, args: argparse.Namespace, echo: bool = Fals
             "run": out.name}
 
 
+def nmi(rows: list[dict]) -> str:
+    """k-means NMI on the test features, with the random-init backbone's in brackets; — for runs without it."""
+    c = [r["eval"].get("clustering") for r in rows]
+    if not all(c):
+        return "—"
+    return f"{pct([x['nmi'] for x in c])} ({pct([x['random_init_nmi'] for x in c])})"
+
+
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     by_method: dict[str, list[dict]] = {}
     for r in rows:
@@ -146,8 +157,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "measured inside each run. Mean ± std over seeds where there is more than one.",
         "",
         f"| method | family | seeds | steps | images/s | last pretext acc | kNN | linear, all labels | few-label SSL | "
-        f"few-label random init | few-label scratch | SSL − random init | measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"few-label random init | few-label scratch | SSL − random init | k-means NMI (random init) | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, rs in by_method.items():
         few = [r["eval"]["few_label"] for r in rs]
@@ -161,9 +172,12 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             f"{pct([r['eval']['knn']['top1'] for r in rs])} | {pct([r['eval']['linear']['top1'] for r in rs])} | "
             f"{pct([f['ssl'] for f in few])} | {pct([f['random_init'] for f in few])} | "
             f"{pct([f['supervised_scratch'] for f in few])} | {'+' if statistics.mean(gain) >= 0 else ''}"
-            f"{100 * statistics.mean(gain):.1f} | {', '.join(sorted({r['date'] for r in rs}))} |")
+            f"{100 * statistics.mean(gain):.1f} | {nmi(rs)} | {', '.join(sorted({r['date'] for r in rs}))} |")
     lines += ["", "images/s counts the batch's images (RotNet sees each in 4 rotations, jigsaw as 9 tiles, relpatch as 2 "
-              "patches). The last pretext accuracy is the training batches' mean over the last logging window."]
+              "patches). The last pretext accuracy is the training batches' mean over the last logging window. "
+              "k-means NMI: k-means with one cluster per class on the frozen features of the test images, NMI with "
+              "the labels (×100), the random-init backbone's in brackets; — for runs evaluated before the "
+              "clustering protocol existed."]
     notes_by_date = sorted({(r["date"], r["note"]) for r in rows if r.get("note")})
     for day, note in notes_by_date:
         lines += ["", f"Runs of {day}: {note}"]
