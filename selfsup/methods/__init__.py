@@ -12,6 +12,7 @@ from selfsup.methods.cpc import CPC
 from selfsup.methods.dae import DAE
 from selfsup.methods.inpainting import Inpainting
 from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.mae import MAE
 from selfsup.methods.moco import MoCo
 from selfsup.methods.npid import NPID
 from selfsup.methods.relpatch import RelPatch
@@ -41,6 +42,7 @@ METHODS: dict[str, type[Method]] = {
     SuperRes.name: SuperRes,
     BarlowTwins.name: BarlowTwins,
     VICReg.name: VICReg,
+    MAE.name: MAE,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig"]
