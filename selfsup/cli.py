@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  selfsup eval RUN_DIR --labels 100 --protocols few-label\n")
     p.add_argument("run_dir", help="a folder made by `selfsup run` or `selfsup pretrain`")
     p.add_argument("--labels", type=int, help="labels in the few-label experiment (default: the run's, 200)")
-    p.add_argument("--protocols", help="comma-separated subset of knn,linear,few-label")
+    p.add_argument("--protocols", help="comma-separated subset of knn,linear,few-label,clustering")
     p.add_argument("--eval-data", help="evaluate on this source or folder (default: the run's eval.data, else "
                                        "its pretraining data)")
     sub.add_parser("methods", help="list methods", description="List the registered methods with family, paper and year.",

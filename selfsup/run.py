@@ -130,8 +130,8 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
         views_cfg = cfg.views
         if views_cfg.recipe == "auto":
             views_cfg = dataclasses.replace(views_cfg, recipe=cls.views_recipe)
-        views = build_views(views_cfg, train.channels, train.size, n_views=cls.n_views)
-        if views.n_views != cls.n_views:
+        views = build_views(views_cfg, train.channels, train.size, n_views=cls.n_views or 2)
+        if cls.n_views and views.n_views != cls.n_views:
             raise SelfSupError(f"{cls.name} takes {cls.n_views} view(s) of each image but views.recipe="
                                f"{views_cfg.recipe} makes {views.n_views}; use views.recipe=auto ({cls.views_recipe}) "
                                "or another recipe with that many views")
@@ -373,11 +373,19 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+def _clusters(scores: dict) -> str:
+    """accuracy / NMI / ARI of a clustering result, or a dash."""
+    if "accuracy" not in scores:
+        return "—"
+    return f"{_pct(scores['accuracy'])} / {scores['nmi']:.3f} / {scores['ari']:.3f}"
+
+
 def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
-    """results.md: the three rows of the few-label experiment beside kNN and the all-label linear probe."""
+    """results.md: the three rows of the few-label experiment beside kNN, the all-label linear probe and k-means."""
     if "skipped" in result:
         return f"# {run_dir.name}\n\nEvaluation skipped: {result['skipped']}.\n"
     knn, lin, few = result.get("knn", {}), result.get("linear", {}), result.get("few_label", {})
+    cluster = result.get("clustering", {})
     n = few.get("labels", cfg.eval.labels)
     train_info = {}
     train_json = run_dir / "train.json"
@@ -393,18 +401,26 @@ def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
         + (f", pretrained {train_info['steps']} steps in {train_info['seconds'] / 60:.1f} min" if train_info else "")
         + ".",
         "",
-        f"| features | kNN top-1 (k={knn.get('k', cfg.eval.knn_k)}) | linear, all labels | few-label, {n} labels |",
-        "|---|---|---|---|",
-        f"| SSL ({cfg.method.name}), frozen | {_pct(knn.get('top1'))} | {_pct(lin.get('top1'))} | {_pct(few.get('ssl'))} |",
+        f"| features | kNN top-1 (k={knn.get('k', cfg.eval.knn_k)}) | linear, all labels | few-label, {n} labels | "
+        "k-means accuracy / NMI / ARI |",
+        "|---|---|---|---|---|",
+        f"| SSL ({cfg.method.name}), frozen | {_pct(knn.get('top1'))} | {_pct(lin.get('top1'))} | {_pct(few.get('ssl'))} | "
+        f"{_clusters(cluster)} |",
         f"| random init, frozen | {_pct(knn.get('random_init_top1'))} | {_pct(lin.get('random_init_top1'))} | "
-        f"{_pct(few.get('random_init'))} |",
-        f"| supervised from scratch on the {n} labels | — | — | {_pct(few.get('supervised_scratch'))} |",
+        f"{_pct(few.get('random_init'))} | {_clusters(cluster.get('random_init', {}))} |",
+        f"| supervised from scratch on the {n} labels | — | — | {_pct(few.get('supervised_scratch'))} | — |",
         "",
         "Accuracies are top-1 on the test split. Frozen rows use the same linear probe (L-BFGS logistic regression, "
         "weight decay chosen on the training labels only: 5-fold cross-validation under 5000 labels, a held-out "
         "tenth otherwise).",
         "",
     ]
+    if "accuracy" in cluster:
+        lines += [f"k-means: {cluster['k']} clusters of the test images' features, the labels used only to score "
+                  "them: accuracy after matching clusters to classes one to one, NMI, ARI (each 1 when the clusters "
+                  "are exactly the classes)"
+                  + (f"; the largest clusters are pictured in {cluster['figure']}" if cluster.get("figure") else "")
+                  + ".", ""]
     if knn and "random_init_top1" not in knn:
         lines += ["Random-init kNN and all-label probe not measured (about a minute more): "
                   "`--set eval.random_init_all_labels=true`.", ""]

@@ -50,14 +50,15 @@ RESUME_CASES = [  # (optimizer, method config, channels): methods with state bey
     ("sgd", {"name": "barlow", "proj_hidden": 16, "proj_dim": 12}, 1),  # the last cross-correlation (the picture)
     ("sgd", {"name": "vicreg", "proj_hidden": 16, "proj_dim": 12}, 1),
     ("sgd", {"name": "npid", "negatives": 8}, 1),  # the memory bank, its first fill and the NCE constant Z
+    ("sgd", {"name": "dino", "out_dim": 16, "head_hidden": 16, "bottleneck": 8}, 1),  # teacher, centre, schedule
 ]
 # State each case must carry in its checkpoint beyond backbone and heads, by key prefix.
-CARRIED = {"npid": ("bank.", "log_z", "bank_filled"), "moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights")}
+CARRIED = {"dino": ("center", "progress", "teacher_head."), "npid": ("bank.", "log_z", "bank_filled"), "moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights")}
 
 
 @pytest.mark.parametrize("optimizer,method_cfg,channels", RESUME_CASES,
                          ids=["simclr-lars", "simclr-adamw", "colorization", "inpainting-adversarial", "splitbrain",
-                              "moco", "byol", "barlow", "vicreg", "npid"])
+                              "moco", "byol", "barlow", "vicreg", "npid", "dino"])
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer, method_cfg, channels):
     # Uninterrupted: 9 steps, crossing an epoch boundary (96 images / 16 = 6 steps per epoch).
     setup = dict(optimizer=optimizer, method=method_cfg, channels=channels)

@@ -1,4 +1,5 @@
-"""The evaluation protocols of a run, on a frozen backbone: kNN, linear probe, and the few-label experiment.
+"""The evaluation protocols of a run, on a frozen backbone: kNN, linear probe, k-means clustering, and the
+few-label experiment.
 
 The few-label experiment (the lecture's CIFAR-10 set-up: pretrain on every unlabeled image, then learn from N
 labels) always reports three numbers measured here, on the same split and the same test images:
@@ -21,12 +22,13 @@ from selfsup.config import EvalConfig
 from selfsup.data.sources import ImageSet
 from selfsup.data.splits import few_label_split, save_split
 from selfsup.errors import SelfSupError
+from selfsup.evaluate.clustering import cluster_and_score, largest_clusters_png
 from selfsup.evaluate.features import extract
 from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.supervised import classifier_accuracy, train_from_scratch
 
-PROTOCOLS = ("knn", "linear", "few-label")
+PROTOCOLS = ("knn", "linear", "few-label", "clustering")
 
 
 def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train: ImageSet, test: ImageSet,
@@ -81,6 +83,11 @@ def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train
         result["seconds"]["linear"] = round(time.perf_counter() - t0, 2)
         log(message)
 
+    if "clustering" in cfg.protocols:
+        t0 = time.perf_counter()
+        result["clustering"] = clustering(test_f, random_test_f, test, num_classes, seed, run_dir, log)
+        result["seconds"]["clustering"] = round(time.perf_counter() - t0, 2)
+
     if "few-label" in cfg.protocols:
         t0 = time.perf_counter()
         random_split_f = random_train_f[few_split] if all_labels else random_train_f
@@ -88,6 +95,35 @@ def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train
                                         fresh_backbone, train, test, num_classes, cfg, seed, device, run_dir, log)
         result["seconds"]["few_label"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def clustering(ssl_features: torch.Tensor, random_features: torch.Tensor, test: ImageSet, num_classes: int,
+               seed: int, run_dir: str | Path | None, log: Callable[[str], None]) -> dict:
+    """k-means with one cluster per class on the test split's SSL and random-init features, scored by the labels.
+
+    The test split, because its random-init features are always extracted (the training split's only with
+    eval.random_init_all_labels), so the baseline is always beside; k-means sees no labels, so nothing is fitted
+    to the test labels. With run_dir, clusters.png pictures the largest SSL clusters.
+    """
+    if len(test) < num_classes:
+        log(f"clustering skipped: {len(test)} test images cannot form {num_classes} clusters")
+        return {"skipped": f"{len(test)} test images, {num_classes} classes"}
+    ssl, kmeans_result = cluster_and_score(ssl_features, test.labels, num_classes, seed)
+    random, _ = cluster_and_score(random_features, test.labels, num_classes, seed)
+    out = {"split": "test", **ssl, "random_init": random, "figure": None}
+    log(f"k-means clustering (k={num_classes}, test split): SSL accuracy {ssl['accuracy']:.4f}, NMI {ssl['nmi']:.4f}, "
+        f"ARI {ssl['ari']:.4f}; random init accuracy {random['accuracy']:.4f}, NMI {random['nmi']:.4f}, "
+        f"ARI {random['ari']:.4f}")
+    if run_dir is not None:
+        try:  # a picture is a bonus: a failure here must not cost the numbers
+            largest_clusters_png(test.images, test.labels, ssl_features, kmeans_result, test.classes,
+                                 Path(run_dir) / "clusters.png",
+                                 title=f"k-means on frozen SSL features of {len(test)} test images: largest clusters, "
+                                       "images nearest the centroid")
+            out["figure"] = "clusters.png"
+        except (RuntimeError, ValueError, OSError) as e:
+            log(f"note: clusters.png skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return out
 
 
 def few_label(split: torch.Tensor, ssl_features: tuple[torch.Tensor, torch.Tensor],

@@ -10,6 +10,7 @@ from selfsup.methods.cae import CAE
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.cpc import CPC
 from selfsup.methods.dae import DAE
+from selfsup.methods.dino import DINO
 from selfsup.methods.inpainting import Inpainting
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mae import MAE
@@ -42,6 +43,7 @@ METHODS: dict[str, type[Method]] = {
     SuperRes.name: SuperRes,
     BarlowTwins.name: BarlowTwins,
     VICReg.name: VICReg,
+    DINO.name: DINO,
     MAE.name: MAE,
 }
 

@@ -31,7 +31,7 @@ class Method(nn.Module):
     year: ClassVar[int]
     Config: ClassVar[type]
     views_recipe: ClassVar[str] = "simclr"  # the recipe `views.recipe=auto` means for this method
-    n_views: ClassVar[int] = 2  # views per image the method's recipe makes
+    n_views: ClassVar[int] = 2  # views per image the method's recipe makes; 0: as many as the recipe makes (multi-crop)
     min_channels: ClassVar[int] = 1  # 3 for methods that only make sense on colour images
     # A model.backbone the method cannot work without (MAE: "vit-tiny", whose encoder can run on a subset of the
     # patch tokens); build_method refuses any other with the fix. None: any backbone.

@@ -15,11 +15,13 @@ def as_image(x: torch.Tensor):
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
 
 
-def image_grid_png(rows: list[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:
+def image_grid_png(rows: list[tuple[str, torch.Tensor]], path: str | Path, title: str = "",
+                   label_width: float = 1.3) -> Path:
     """Save a PNG with one labelled row per (label, images (B, C, H, W) float in [0, 1]); values are clamped.
 
-    Rows may hold different numbers of images (the widest sets the width). The row labels are also stored in the
-    PNG's Description text chunk ("rows: a; b; c") so a program can tell what the picture shows. Written atomically.
+    Rows may hold different numbers of images (the widest sets the width); label_width is the inches left of them
+    for the row labels. The row labels are also stored in the PNG's Description text chunk ("rows: a; b; c") so a
+    program can tell what the picture shows. Written atomically.
     """
     if not rows:
         raise ValueError("image_grid_png needs at least one row")
@@ -28,7 +30,7 @@ def image_grid_png(rows: list[tuple[str, torch.Tensor]], path: str | Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n_rows, n_cols = len(rows), max(images.shape[0] for _, images in rows)
-    cell, label_w, head = 1.1, 1.3, (0.45 if title else 0.1)  # inches
+    cell, label_w, head = 1.1, label_width, (0.45 if title else 0.1)  # inches
     width, height = label_w + cell * n_cols, cell * n_rows + head
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
     for r, (label, images) in enumerate(rows):
