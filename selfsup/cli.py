@@ -25,7 +25,8 @@ examples:
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="source name (fashion-mnist, cifar10, cifar100, stl10, synthetic) or an image folder path")
     p.add_argument("--method", help="method name (see `selfsup methods`); default simclr")
-    p.add_argument("--backbone", choices=["small-cnn", "resnet18"], help="backbone network; default small-cnn")
+    p.add_argument("--backbone", choices=["small-cnn", "resnet18", "vit-tiny"],
+                   help="backbone network; default small-cnn (mae needs vit-tiny)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="pretraining budget in minutes (default 5)")
     budget.add_argument("--epochs", type=float, help="pretraining budget in epochs")

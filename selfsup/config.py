@@ -41,8 +41,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = opt("small-cnn", "Backbone network.", choices=["small-cnn", "resnet18"])
-    width: int = opt(32, "Base channel width of small-cnn (doubles twice, so features have 4*width dims). resnet18 ignores it.", min=4)
+    backbone: str = opt("small-cnn", "Backbone network: small-cnn (fast on a CPU), resnet18 (small-image stem) or vit-tiny (a ViT for small images, DeiT-Ti's size; needed by MAE, works with every method; train it with AdamW, see docs/masked-image-modelling.md).", choices=["small-cnn", "resnet18", "vit-tiny"])
+    width: int | None = opt(None, "Width of the backbone; None: its default. small-cnn: base channel width (doubles twice, so features have 4*width dims; default 32). vit-tiny: embedding width = feature dims (default 192, DeiT-Ti), with about width/64 attention heads (at least 1, a divisor of the width). resnet18 ignores it.", min=4)
+    depth: int | None = opt(None, "vit-tiny only: transformer blocks (None: 12, DeiT-Ti). Fewer blocks train faster on a CPU.", min=1)
+    patch_size: int | None = opt(None, "vit-tiny only: side of a patch token in pixels, also the feature map's stride (None: 4, a 7x7 grid on 28 px images, 8x8 on 32 px). For other sizes keep the grid near 8x8, e.g. 8 at 64 px, 12 at 96 px (STL-10): attention costs grow with the square of the number of tokens.", min=1)
 
 
 @dataclass

@@ -22,14 +22,14 @@ from torch import nn
 
 import selfsup
 from selfsup.checkpoint import atomic_write, export_encoder, load_encoder
-from selfsup.config import Config, load_config, to_dict
+from selfsup.config import Config, ModelConfig, load_config, to_dict
 from selfsup.data import sources
 from selfsup.data.sources import ImageSet
 from selfsup.data.splits import few_label_split, holdout, seeded_subset
 from selfsup.errors import SelfSupError
 from selfsup.evaluate.protocol import evaluate
 from selfsup.methods import METHODS, Method
-from selfsup.nets.backbones import build_backbone
+from selfsup.nets.backbones import build_backbone, default_width, resolved_options
 from selfsup.nets.encoders import adapt_channels
 from selfsup.train import TrainResult, check_batch, resolve_device, train
 from selfsup.views.recipes import Recipe, build as build_views
@@ -87,16 +87,27 @@ def stats_sample(images: torch.Tensor, max_values: int = 20_000_000) -> torch.Te
     return images[pick].float().div_(255)
 
 
+BACKBONE_OPTIONS = ("depth", "patch_size")  # ModelConfig fields that only some backbones have
+
+
+def backbone_settings(model: ModelConfig) -> tuple[int, dict]:
+    """(width, backbone-only options) of the configured backbone, defaults filled in (model.width None: the
+    backbone's own default; vit-tiny's depth and patch_size). A CNN given a vit-tiny option is a SelfSupError."""
+    options = {k: getattr(model, k) for k in BACKBONE_OPTIONS if getattr(model, k) is not None}
+    return model.width or default_width(model.backbone), resolved_options(model.backbone, **options)
+
+
 def encoder_factory(cfg: Config, channels: int, sample: torch.Tensor | None = None) -> Callable[[], nn.Module]:
     """A function that builds the run's encoder (the method's backbone or backbones) with fresh weights, for
     `channels`-channel images, normalized by the statistics of `sample` (see Method.make_encoder)."""
     cls = METHODS[cfg.method.name]
+    base_width, options = backbone_settings(cfg.model)
 
     def build(in_channels: int, mean: list[float], std: list[float], width: int | None = None,
               width_scale: float = 1.0) -> nn.Module:
         """width: the backbone's width (None: the configured model.width, times width_scale, at least 1)."""
-        return build_backbone(cfg.model.backbone, in_channels, width or max(1, int(cfg.model.width * width_scale)),
-                              mean, std)
+        return build_backbone(cfg.model.backbone, in_channels, width or max(1, int(base_width * width_scale)),
+                              mean, std, **options)
 
     return lambda: cls.make_encoder(build, channels, sample)
 
@@ -110,6 +121,9 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
     if train.channels < cls.min_channels:
         raise SelfSupError(f"{cls.name} needs colour images ({cls.min_channels} channels) but {train.name} has "
                            f"{train.channels}; pretrain on colour data, e.g. --data cifar10 or a folder of photos")
+    if cls.requires_backbone is not None and cfg.model.backbone != cls.requires_backbone:
+        raise SelfSupError(f"{cls.name} needs the {cls.requires_backbone} backbone, not {cfg.model.backbone}; "
+                           f"add --set model.backbone={cls.requires_backbone}")
     make_backbone = encoder_factory(cfg, train.channels, stats_sample(train.images))
     torch.manual_seed(cfg.train.seed)
     if views is None:
@@ -124,6 +138,23 @@ def build_method(cfg: Config, train: ImageSet, views: Recipe | None = None) -> t
     method = cls(make_backbone(), views, cfg.method)
     method.prepare(train.images)
     return method, make_backbone
+
+
+def backbone_notes(model: ModelConfig, size: int) -> list[str]:
+    """Lines for the run log about the backbone on `size` px images: vit-tiny's grid of tokens, with a hint when
+    the grid is large. No lines for the CNNs."""
+    if model.backbone != "vit-tiny":
+        return []
+    width, options = backbone_settings(model)
+    patch = options["patch_size"]
+    grid = size // patch
+    note = (f"vit-tiny: width {width}, depth {options['depth']}, {patch} px patches: {grid}x{grid} = {grid * grid} "
+            f"tokens on {size} px images")
+    if grid > 12:
+        better = max(1, size // 8)
+        note += (f"; attention costs grow with the square of the number of tokens: --set model.patch_size={better} "
+                 f"gives {size // better}x{size // better}")
+    return [note]
 
 
 def check_config(cfg: Config, train: ImageSet, evaluation: bool = True, pretraining: bool = True) -> None:
@@ -213,11 +244,12 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     log(f"data: {train_set.name} {len(train_set)} images {tuple(train_set.images.shape[1:])} from {train_set.origin}")
     log(f"method: {cfg.method.name}, backbone {cfg.model.backbone} ({method.backbone.dim}-d features), "
         f"views: {', '.join(getattr(method, 'views').names) if hasattr(method, 'views') else '-'}")
-    for note in train_set.notes + list(getattr(method, "notes", [])):
+    for note in train_set.notes + backbone_notes(cfg.model, train_set.size) + list(getattr(method, "notes", [])):
         log(f"note: {note}")
     result = train(method, train_set.images, cfg.train, run_dir, resume=resume_dir is not None, progress=progress)
+    width, options = backbone_settings(cfg.model)
     export_encoder(run_dir / "encoder.safetensors", method.backbone, {
-        "backbone": cfg.model.backbone, "width": cfg.model.width, "in_channels": train_set.channels,
+        "backbone": cfg.model.backbone, "width": width, "options": options, "in_channels": train_set.channels,
         "dim": method.backbone.dim, "method": cfg.method.name, "step": result.steps,
     })
     if not result.interrupted:

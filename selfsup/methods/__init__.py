@@ -13,6 +13,7 @@ from selfsup.methods.dae import DAE
 from selfsup.methods.dino import DINO
 from selfsup.methods.inpainting import Inpainting
 from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.mae import MAE
 from selfsup.methods.moco import MoCo
 from selfsup.methods.npid import NPID
 from selfsup.methods.relpatch import RelPatch
@@ -43,6 +44,7 @@ METHODS: dict[str, type[Method]] = {
     BarlowTwins.name: BarlowTwins,
     VICReg.name: VICReg,
     DINO.name: DINO,
+    MAE.name: MAE,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig"]

@@ -33,6 +33,9 @@ class Method(nn.Module):
     views_recipe: ClassVar[str] = "simclr"  # the recipe `views.recipe=auto` means for this method
     n_views: ClassVar[int] = 2  # views per image the method's recipe makes; 0: as many as the recipe makes (multi-crop)
     min_channels: ClassVar[int] = 1  # 3 for methods that only make sense on colour images
+    # A model.backbone the method cannot work without (MAE: "vit-tiny", whose encoder can run on a subset of the
+    # patch tokens); build_method refuses any other with the fix. None: any backbone.
+    requires_backbone: ClassVar[str | None] = None
     # True: the training loop calls loss(images, indices), indices (B,) each image's row in the training tensor
     # (NPID's memory bank). False: loss(images).
     uses_indices: ClassVar[bool] = False

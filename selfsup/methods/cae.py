@@ -19,6 +19,7 @@ import torch
 from selfsup.config import opt
 from selfsup.losses import jacobian_frobenius_sq
 from selfsup.methods.ae import AE, AEConfig
+from selfsup.nets.transformer import twice_differentiable
 from selfsup.report.figures import image_grid_png
 
 
@@ -53,9 +54,10 @@ class CAE(AE):
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         (x,) = self.views(images, self.generator)  # (B, C, H, W) float in [0, 1]
         x = x.detach().requires_grad_(True)  # the Jacobian is with respect to the pixels
-        h = self.encode(x)  # (B, code_dim)
-        reconstruction = self.reconstruction_error(self.decoder(h), x.detach())
-        jacobian_sq = jacobian_frobenius_sq(h, x, self.cfg.jacobian, self.cfg.projections, self.generator)
+        with twice_differentiable():  # the penalty's gradient differentiates the backward pass (vit-tiny's attention)
+            h = self.encode(x)  # (B, code_dim)
+            reconstruction = self.reconstruction_error(self.decoder(h), x.detach())
+            jacobian_sq = jacobian_frobenius_sq(h, x, self.cfg.jacobian, self.cfg.projections, self.generator)
         loss = reconstruction + self.cfg.penalty * jacobian_sq / x[0].numel()
         if self.cfg.sparsity > 0:
             loss = loss + self.sparsity_penalty(h, x[0].numel())

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.nets.transformer import TransformerBlock, attention_heads, init_transformer_weights, sincos_2d
+
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False) -> nn.Sequential:
     """Projector/predictor MLP: (Linear-BN-ReLU) x (layers-1), then Linear (+ BN without affine if last_bn).
@@ -134,3 +136,37 @@ def adversarial_losses(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     g_fake = torch.func.functional_call(disc, frozen, (fake,))
     g_loss = F.binary_cross_entropy_with_logits(g_fake, torch.ones_like(g_fake))
     return d_loss, g_loss
+
+
+class MaskedTokenDecoder(nn.Module):
+    """MAE's light decoder (He et al. 2022): the encoded visible tokens plus a shared learned mask token at every
+    hidden position -> a prediction for every patch.
+
+    (B, n_keep, in_dim) visible tokens, keep (B, n_keep), grid (rows, cols) -> (B, rows * cols, out_dim). The
+    visible tokens are projected to `dim`, scattered to their places in the full grid, the other places get the mask
+    token; fixed 2D sine-cosine positions are added to all (without them a mask token would not know where it is);
+    then `depth` pre-norm transformer blocks, LayerNorm and a linear map to the patch's pixels. Paper: 512 wide, 8
+    blocks (about a tenth of ViT-L's compute per token); thrown away after pretraining.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, dim: int = 128, depth: int = 2):
+        super().__init__()
+        self.dim = dim
+        self.embed = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, attention_heads(dim)) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, out_dim)
+        self.apply(init_transformer_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, visible: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        rows, cols = grid
+        x = self.embed(visible)  # (B, n_keep, dim)
+        b = x.shape[0]
+        full = self.mask_token.to(x.dtype).expand(b, rows * cols, self.dim)  # (B, N, dim): mask tokens everywhere
+        full = full.scatter(1, keep[..., None].expand(-1, -1, self.dim), x)  # the visible tokens in their places
+        full = full + sincos_2d(rows, cols, self.dim, x.device).to(x.dtype)
+        for block in self.blocks:
+            full = block(full)
+        return self.head(self.norm(full))  # (B, N, out_dim)
