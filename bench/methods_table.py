@@ -31,7 +31,11 @@ from selfsup.run import evaluate_run, pretrain  # noqa: E402
 # Autoencoders: LARS at lr 0.3 (tuned for SimCLR) barely moves a reconstruction loss in minutes; AdamW does
 # (docs/pretext-autoencoders.md measured both).
 _ADAMW = ["train.optimizer=adamw", "train.lr=0.001", "train.weight_decay=0"]
-RECOMMENDED: dict[str, list[str]] = {"ae": _ADAMW, "dae": _ADAMW, "cae": _ADAMW}
+# DeepCluster and SeLa: LARS moves a weight matrix by about lr x 0.001 of its norm a step, so DeepCluster's
+# classifier, reset to N(0, 0.01) every epoch, stays at chance, and SeLa's heads learn their pseudo-labels far more
+# slowly than with SGD, the papers' optimizer (docs/clustering-distillation.md measured both).
+_SGD = ["train.optimizer=sgd"]
+RECOMMENDED: dict[str, list[str]] = {"ae": _ADAMW, "dae": _ADAMW, "cae": _ADAMW, "deepcluster": _SGD, "sela": _SGD}
 
 # Colour-only methods pretrain on real colour photographs (Debian's mate-backgrounds, `make photos`) cut into
 # crops, and are evaluated on the table's data set like every other row (their encoders take grey images as

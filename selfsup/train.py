@@ -1,9 +1,11 @@
 """The one training loop every method runs through.
 
 Data stays on the device as uint8; each step takes a batch in a seeded order, asks the method for its loss,
-and steps the optimizer with the learning rate of the schedule. Budgets are epochs, steps or minutes (for
-minutes the step time is measured and the cosine is planned to end at the budget). Checkpoints are atomic and
-hold every random state, so a resumed run ends with the same weights as one that never stopped.
+and steps the optimizer with the learning rate of the schedule. Each epoch starts with the method's
+on_epoch_start hook (re-clustering), except an epoch a resumed run starts in the middle of. Budgets are epochs,
+steps or minutes (for minutes the step time is measured and the cosine is planned to end at the budget).
+Checkpoints are atomic and hold every random state, so a resumed run ends with the same weights as one that
+never stopped.
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
                file=sys.stderr, desc="pretrain")
     start = time.perf_counter()
     last_ckpt = start
-    window: dict[str, float] = {}
+    window: dict[str, tuple[float, int]] = {}
     window_steps, window_start = 0, start
     timed_from: tuple[int, float] | None = None
     loss_value: float | None = None  # None until a step runs (a resumed, finished run takes none)
@@ -198,6 +200,8 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(n, epoch, cfg.seed).to(device), epoch
+                if pos == 0:  # a run resumed inside an epoch has its start in the checkpoint (Method.on_epoch_start)
+                    method.on_epoch_start(epoch, images)
             indices = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]  # (B,) rows of the training tensor
             batch = images[indices]
             lr = lr_at(step, budget.total_steps, peak_lr, budget.warmup_steps(cfg.warmup_fraction),
@@ -217,8 +221,10 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
             method.on_step_end(step, budget.total_steps)
             loss_value = loss.item()
             window_steps += 1
+            # Each value averages over the steps of the window that logged it (some are logged only on some steps).
             for k, v in {"loss": loss_value, **logs}.items():
-                window[k] = window.get(k, 0.0) + float(v)
+                total, count = window.get(k, (0.0, 0))
+                window[k] = (total + float(v), count + 1)
             now = time.perf_counter()
             elapsed = elapsed_before + now - start
             # Time the steps after the first two (which pay for allocation and warm-up) to plan a minutes budget.
@@ -231,7 +237,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
             if step % cfg.log_every == 0 or step == budget.total_steps:
                 span = now - window_start
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr,
-                       **{k: v / window_steps for k, v in window.items()},
+                       **{k: total / count for k, (total, count) in window.items()},
                        "images_per_s": window_steps * cfg.batch_size / span if span > 0 else None,
                        "elapsed_s": round(elapsed, 2), "total_steps": budget.total_steps}
                 with open(metrics_path, "a") as f:

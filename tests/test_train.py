@@ -51,38 +51,98 @@ RESUME_CASES = [  # (optimizer, method config, channels): methods with state bey
     ("sgd", {"name": "vicreg", "proj_hidden": 16, "proj_dim": 12}, 1),
     ("sgd", {"name": "npid", "negatives": 8}, 1),  # the memory bank, its first fill and the NCE constant Z
     ("sgd", {"name": "dino", "out_dim": 16, "head_hidden": 16, "bottleneck": 8}, 1),  # teacher, centre, schedule
+    ("sgd", {"name": "deepcluster", "clusters": 8}, 1),  # pseudo-labels, weights, the classifier reset at step 6
+    ("sgd", {"name": "sela", "clusters": 8}, 1),  # random first labels, then Sinkhorn's at step 6
 ]
 # State each case must carry in its checkpoint beyond backbone and heads, by key prefix.
-CARRIED = {"dino": ("center", "progress", "teacher_head."), "npid": ("bank.", "log_z", "bank_filled"), "moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights")}
+CARRIED = {"dino": ("center", "progress", "teacher_head."), "npid": ("bank.", "log_z", "bank_filled"), "moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights"),
+           "deepcluster": ("labels", "weights", "stats"), "sela": ("labels", "stats")}
+
+
+def assert_resume_is_exact(tmp_path, monkeypatch, steps: int, stop: int, **setup) -> dict:
+    """Train `steps` steps in one go, and again stopped after step `stop` and resumed by a fresh process: the final
+    states must be bitwise equal. Returns the resumed run's state."""
+    cfg, data, method = tiny_setup(steps, **setup)
+    train(method, data.images, cfg.train, tmp_path / "full", progress=False)
+    full = weights(method)
+
+    cfg, _, first = tiny_setup(steps, **setup)
+    interrupt_after(first, monkeypatch, stop)
+    result = train(first, data.images, cfg.train, tmp_path / "split", progress=False)
+    assert result.interrupted and result.steps == stop
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == stop
+
+    cfg, _, resumed = tiny_setup(steps, **setup)  # a new process would build everything afresh
+    torch.manual_seed(123)  # the global RNG is restored from the checkpoint, whatever it is now
+    result = train(resumed, data.images, cfg.train, tmp_path / "split", resume=True, progress=False)
+    assert result.steps == steps and not result.interrupted
+    state = weights(resumed)
+    for k, v in state.items():
+        assert torch.equal(v, full[k]), k
+    logged = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))
+    return state
 
 
 @pytest.mark.parametrize("optimizer,method_cfg,channels", RESUME_CASES,
                          ids=["simclr-lars", "simclr-adamw", "colorization", "inpainting-adversarial", "splitbrain",
-                              "moco", "byol", "barlow", "vicreg", "npid", "dino"])
+                              "moco", "byol", "barlow", "vicreg", "npid", "dino", "deepcluster", "sela"])
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer, method_cfg, channels):
-    # Uninterrupted: 9 steps, crossing an epoch boundary (96 images / 16 = 6 steps per epoch).
-    setup = dict(optimizer=optimizer, method=method_cfg, channels=channels)
-    cfg, data, method = tiny_setup(9, **setup)
-    train(method, data.images, cfg.train, tmp_path / "full", progress=False)
-    full = weights(method)
-
-    cfg, _, first = tiny_setup(9, **setup)
-    interrupt_after(first, monkeypatch, 4)
-    result = train(first, data.images, cfg.train, tmp_path / "split", progress=False)
-    assert result.interrupted and result.steps == 4
-    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 4
-
-    cfg, _, resumed = tiny_setup(9, **setup)  # a new process would build everything afresh
-    torch.manual_seed(123)  # the global RNG is restored from the checkpoint, whatever it is now
-    result = train(resumed, data.images, cfg.train, tmp_path / "split", resume=True, progress=False)
-    assert result.steps == 9 and not result.interrupted
-    state = weights(resumed)
-    for k, v in state.items():
-        assert torch.equal(v, full[k]), k
+    # 9 steps, stopped after 4: the resumed run crosses an epoch boundary (96 images / 16 = 6 steps per epoch).
+    state = assert_resume_is_exact(tmp_path, monkeypatch, 9, 4, optimizer=optimizer, method=method_cfg,
+                                   channels=channels)
     for prefix in CARRIED.get((method_cfg or {}).get("name"), ()):
         assert any(k.startswith(prefix) and v.any() for k, v in state.items()), prefix
-    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 10))
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("stop", [6, 8], ids=["at-the-boundary", "inside-the-epoch-after-it"])
+@pytest.mark.parametrize("method_cfg", [{"name": "deepcluster", "clusters": 8}, {"name": "sela", "clusters": 8}],
+                         ids=["deepcluster", "sela"])
+def test_resume_around_a_reclustering_is_bitwise_exact(tmp_path, monkeypatch, method_cfg, stop):
+    # 15 steps re-cluster at steps 0, 6 and 12. Stopped after step 6, the resumed run must re-cluster for epoch 1
+    # itself; stopped after step 8, it must train on the clusters of epoch 1 from the checkpoint, not make new ones.
+    assert_resume_is_exact(tmp_path, monkeypatch, 15, stop, optimizer="sgd", method=method_cfg)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("stop", [None, 6, 8])
+def test_on_epoch_start_runs_once_before_each_epoch_also_across_a_resume(tmp_path, monkeypatch, stop):
+    """15 steps of 6 an epoch: epochs 0, 1, 2, each hook call before the epoch's first step, none repeated."""
+    calls = []
+
+    def record(method, images):
+        done = {"steps": None}  # the last step this process has run
+        original = method.on_step_end
+
+        def on_step_end(step, total):
+            done["steps"] = step
+            original(step, total)
+
+        def on_epoch_start(epoch, given):
+            assert given.dtype == torch.uint8 and torch.equal(given, images)  # all training images
+            calls.append((epoch, done["steps"]))
+
+        monkeypatch.setattr(method, "on_step_end", on_step_end)
+        monkeypatch.setattr(method, "on_epoch_start", on_epoch_start)
+
+    cfg, data, method = tiny_setup(15)
+    record(method, data.images)
+    if stop is None:
+        train(method, data.images, cfg.train, tmp_path, progress=False)
+        assert calls == [(0, None), (1, 6), (2, 12)]
+        return
+    interrupt_after(method, monkeypatch, stop)
+    train(method, data.images, cfg.train, tmp_path, progress=False)
+    before = list(calls)
+    calls.clear()
+    cfg, _, resumed = tiny_setup(15)
+    record(resumed, data.images)
+    train(resumed, data.images, cfg.train, tmp_path, resume=True, progress=False)
+    if stop == 6:  # stopped at the boundary: epoch 1 has not started, the resumed run starts it
+        assert before == [(0, None)] and calls == [(1, None), (2, 12)]
+    else:  # stopped inside epoch 1: its start is in the checkpoint, only epoch 2 starts afresh
+        assert before == [(0, None), (1, 6)] and calls == [(2, 12)]
 
 
 def test_stop_request_saves_at_a_step_boundary(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from selfsup.methods.cae import CAE
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.cpc import CPC
 from selfsup.methods.dae import DAE
+from selfsup.methods.deepcluster import DeepCluster
 from selfsup.methods.dino import DINO
 from selfsup.methods.inpainting import Inpainting
 from selfsup.methods.jigsaw import Jigsaw
@@ -18,6 +19,7 @@ from selfsup.methods.moco import MoCo
 from selfsup.methods.npid import NPID
 from selfsup.methods.relpatch import RelPatch
 from selfsup.methods.rotnet import RotNet
+from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.splitbrain import SplitBrain
@@ -44,6 +46,8 @@ METHODS: dict[str, type[Method]] = {
     BarlowTwins.name: BarlowTwins,
     VICReg.name: VICReg,
     DINO.name: DINO,
+    DeepCluster.name: DeepCluster,
+    SeLa.name: SeLa,
     MAE.name: MAE,
 }
 

@@ -80,6 +80,19 @@ class Method(nn.Module):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step (momentum updates, schedules). Default: nothing."""
 
+    def on_epoch_start(self, epoch: int, images: torch.Tensor) -> None:
+        """Called by the training loop before the first step of every epoch (re-clustering, new pseudo-labels).
+
+        epoch: 0, 1, ... (an epoch is len(images) // batch_size steps); images: all training images (N, C, H, W),
+        uint8, on the training device, rows in the order `indices` refer to. Runs outside autocast with gradients
+        enabled and the method in training mode, which it must leave as it found it. Default: nothing.
+
+        Resume: what the hook computes must live in the method's state_dict (buffers), because a run resumed in
+        the middle of an epoch does not call it again for that epoch: the checkpoint carries its results. A run
+        resumed exactly at an epoch boundary calls it, as the uninterrupted run would have at that point. Draw its
+        randomness from `self.generator` (checkpointed), so both runs compute the same thing.
+        """
+
     def figures(self, images: torch.Tensor, out_dir: Path) -> list[Path]:
         """After pretraining: write PNGs of what the method predicts (reconstructions, ...) into out_dir.
 
