@@ -35,7 +35,10 @@ _ADAMW = ["train.optimizer=adamw", "train.lr=0.001", "train.weight_decay=0"]
 # classifier, reset to N(0, 0.01) every epoch, stays at chance, and SeLa's heads learn their pseudo-labels far more
 # slowly than with SGD, the papers' optimizer (docs/clustering-distillation.md measured both).
 _SGD = ["train.optimizer=sgd"]
-RECOMMENDED: dict[str, list[str]] = {"ae": _ADAMW, "dae": _ADAMW, "cae": _ADAMW, "deepcluster": _SGD, "sela": _SGD}
+# MAE needs the ViT and is trained with AdamW as in the paper (base lr 1.5e-4 per 256 images, weight decay 0.05).
+_MAE = ["model.backbone=vit-tiny", "train.optimizer=adamw", "train.lr=1.5e-4", "train.weight_decay=0.05"]
+RECOMMENDED: dict[str, list[str]] = {"ae": _ADAMW, "dae": _ADAMW, "cae": _ADAMW, "deepcluster": _SGD, "sela": _SGD,
+                                     "mae": _MAE}
 
 # Colour-only methods pretrain on real colour photographs (Debian's mate-backgrounds, `make photos`) cut into
 # crops, and are evaluated on the table's data set like every other row (their encoders take grey images as
