@@ -51,14 +51,18 @@ RESUME_CASES = [  # (optimizer, method config, channels): methods with state bey
     ("sgd", {"name": "vicreg", "proj_hidden": 16, "proj_dim": 12}, 1),
     ("sgd", {"name": "npid", "negatives": 8}, 1),  # the memory bank, its first fill and the NCE constant Z
     ("sgd", {"name": "dino", "out_dim": 16, "head_hidden": 16, "bottleneck": 8}, 1),  # teacher, centre, schedule
+    # the prototypes frozen for 6 steps (the resumed run must finish the freeze, then train them); the queue (40
+    # rows, 16 a step from step 2: it wraps), its fill count, and the step that decides both
+    ("sgd", {"name": "swav", "n_prototypes": 16, "proj_hidden": 16, "proj_dim": 8, "freeze_prototypes_steps": 6,
+             "queue_size": 40, "queue_start_steps": 2}, 1),
 ]
 # State each case must carry in its checkpoint beyond backbone and heads, by key prefix.
-CARRIED = {"dino": ("center", "progress", "teacher_head."), "npid": ("bank.", "log_z", "bank_filled"), "moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights")}
+CARRIED = {"dino": ("center", "progress", "teacher_head."), "swav": ("prototypes.", "queues.", "queue_filled", "progress"), "npid": ("bank.", "log_z", "bank_filled"), "moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights")}
 
 
 @pytest.mark.parametrize("optimizer,method_cfg,channels", RESUME_CASES,
                          ids=["simclr-lars", "simclr-adamw", "colorization", "inpainting-adversarial", "splitbrain",
-                              "moco", "byol", "barlow", "vicreg", "npid", "dino"])
+                              "moco", "byol", "barlow", "vicreg", "npid", "dino", "swav"])
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer, method_cfg, channels):
     # Uninterrupted: 9 steps, crossing an epoch boundary (96 images / 16 = 6 steps per epoch).
     setup = dict(optimizer=optimizer, method=method_cfg, channels=channels)

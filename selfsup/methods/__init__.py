@@ -21,6 +21,7 @@ from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.splitbrain import SplitBrain
 from selfsup.methods.superres import SuperRes
+from selfsup.methods.swav import SwAV
 from selfsup.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
@@ -43,6 +44,7 @@ METHODS: dict[str, type[Method]] = {
     BarlowTwins.name: BarlowTwins,
     VICReg.name: VICReg,
     DINO.name: DINO,
+    SwAV.name: SwAV,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig"]
