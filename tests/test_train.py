@@ -51,11 +51,17 @@ RESUME_CASES = [  # (optimizer, method config, channels): methods with state bey
     ("sgd", {"name": "vicreg", "proj_hidden": 16, "proj_dim": 12}, 1),
     ("sgd", {"name": "npid", "negatives": 8}, 1),  # the memory bank, its first fill and the NCE constant Z
     ("sgd", {"name": "dino", "out_dim": 16, "head_hidden": 16, "bottleneck": 8}, 1),  # teacher, centre, schedule
+    # the prototypes frozen for 6 steps (the resumed run must finish the freeze, then train them); the queue (40
+    # rows, 16 a step from step 2: it wraps), its fill count, and the step that decides both
+    ("sgd", {"name": "swav", "n_prototypes": 16, "proj_hidden": 16, "proj_dim": 8, "freeze_prototypes_steps": 6,
+             "queue_size": 40, "queue_start_steps": 2}, 1),
     ("sgd", {"name": "deepcluster", "clusters": 8}, 1),  # pseudo-labels, weights, the classifier reset at step 6
     ("sgd", {"name": "sela", "clusters": 8}, 1),  # random first labels, then Sinkhorn's at step 6
 ]
 # State each case must carry in its checkpoint beyond backbone and heads, by key prefix.
-CARRIED = {"dino": ("center", "progress", "teacher_head."), "npid": ("bank.", "log_z", "bank_filled"), "moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights"),
+CARRIED = {"moco": ("queue.",), "byol": ("tau",), "barlow": ("last_c",), "colorization": ("prior", "weights"),
+           "npid": ("bank.", "log_z", "bank_filled"), "dino": ("center", "progress", "teacher_head."),
+           "swav": ("prototypes.", "queues.", "queue_filled", "progress"),
            "deepcluster": ("labels", "weights", "stats"), "sela": ("labels", "stats")}
 
 
@@ -86,7 +92,7 @@ def assert_resume_is_exact(tmp_path, monkeypatch, steps: int, stop: int, **setup
 
 @pytest.mark.parametrize("optimizer,method_cfg,channels", RESUME_CASES,
                          ids=["simclr-lars", "simclr-adamw", "colorization", "inpainting-adversarial", "splitbrain",
-                              "moco", "byol", "barlow", "vicreg", "npid", "dino", "deepcluster", "sela"])
+                              "moco", "byol", "barlow", "vicreg", "npid", "dino", "swav", "deepcluster", "sela"])
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch, optimizer, method_cfg, channels):
     # 9 steps, stopped after 4: the resumed run crosses an epoch boundary (96 images / 16 = 6 steps per epoch).
     state = assert_resume_is_exact(tmp_path, monkeypatch, 9, 4, optimizer=optimizer, method=method_cfg,

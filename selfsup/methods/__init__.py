@@ -24,6 +24,7 @@ from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.splitbrain import SplitBrain
 from selfsup.methods.superres import SuperRes
+from selfsup.methods.swav import SwAV
 from selfsup.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
@@ -46,6 +47,7 @@ METHODS: dict[str, type[Method]] = {
     BarlowTwins.name: BarlowTwins,
     VICReg.name: VICReg,
     DINO.name: DINO,
+    SwAV.name: SwAV,
     DeepCluster.name: DeepCluster,
     SeLa.name: SeLa,
     MAE.name: MAE,
