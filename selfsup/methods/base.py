@@ -14,6 +14,8 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from selfsup.errors import SelfSupError
+
 
 @dataclass
 class MethodConfig:
@@ -72,6 +74,15 @@ class Method(nn.Module):
         A method with uses_indices takes loss(images, indices) instead; `step_loss` calls either.
         """
         raise NotImplementedError
+
+    def check_indices(self, images: torch.Tensor, indices: torch.Tensor | None, purpose: str) -> torch.Tensor:
+        """For methods with uses_indices: indices (B,) for a batch of B images, or one clear error saying why."""
+        if indices is None:
+            raise SelfSupError(f"{self.name} needs each image's row in the training set (loss(images, indices)) to "
+                               f"{purpose}; the training loop gives it")
+        if indices.shape != images.shape[:1]:
+            raise ValueError(f"{self.name}: {len(images)} images but indices of shape {tuple(indices.shape)}")
+        return indices
 
     def step_loss(self, images: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """loss(images, indices) for a method that uses indices, else loss(images)."""

@@ -159,11 +159,7 @@ class DeepCluster(Method):
         self.classifier.bias.zero_()
 
     def loss(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        if indices is None:
-            raise SelfSupError("deepcluster needs each image's row in the training set (loss(images, indices)) to "
-                               "look up its pseudo-label; the training loop gives it")
-        if indices.shape != images.shape[:1]:
-            raise ValueError(f"deepcluster: {len(images)} images but indices of shape {tuple(indices.shape)}")
+        indices = self.check_indices(images, indices, "look up its pseudo-label")
         if not self.clustered:  # called outside the training loop, which clusters at every epoch start
             if self._images is None:
                 raise SelfSupError("deepcluster: no clusters yet; call prepare(images) and on_epoch_start first")

@@ -129,11 +129,9 @@ class NPID(Method):
         return F.normalize(self.head(self.backbone(x)).float(), dim=1)
 
     def loss(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        if indices is None or self.bank is None:
-            raise SelfSupError("npid needs each image's row in the training set (loss(images, indices)) and a bank "
-                               "made by prepare(images); the training loop gives both")
-        if indices.shape != images.shape[:1]:
-            raise ValueError(f"npid: {len(images)} images but indices of shape {tuple(indices.shape)}")
+        indices = self.check_indices(images, indices, "find its own bank entry")
+        if self.bank is None:
+            raise SelfSupError("npid: no memory bank yet; prepare(images) makes it (the training loop calls it)")
         if not bool(self.bank_filled):
             self.fill_bank()
         (x,) = self.views(images, self.generator)  # (B, C, H, W) float in [0, 1], one view

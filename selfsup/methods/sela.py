@@ -152,11 +152,7 @@ class SeLa(Method):
         self.stats.copy_(torch.tensor(per_head, dtype=torch.float64).mean(0))
 
     def loss(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        if indices is None:
-            raise SelfSupError("sela needs each image's row in the training set (loss(images, indices)) to look up "
-                               "its pseudo-labels; the training loop gives it")
-        if indices.shape != images.shape[:1]:
-            raise ValueError(f"sela: {len(images)} images but indices of shape {tuple(indices.shape)}")
+        indices = self.check_indices(images, indices, "look up its pseudo-labels")
         if not self.labelled:  # called outside the training loop, which labels at the epoch starts
             if self._images is None:
                 raise SelfSupError("sela: no labels yet; call prepare(images) and on_epoch_start first")
