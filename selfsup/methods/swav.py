@@ -26,8 +26,8 @@ their *cluster assignments*. Top to bottom, for a batch of B images:
    the mean over the 2 (V - 1) (code, prediction) pairs. It starts near log K (random prototypes and embeddings
    score about 0 everywhere, so every prediction is nearly uniform): the authors' ImageNet runs start near
    8 = log 3000.
-6. Prototypes are frozen for the first `freeze_prototypes_steps` steps (paper: the first epoch; "not important for
-   performance, but important for stability in some cases", the authors in facebookresearch/swav issue 76). In
+6. Prototypes are frozen for the first `freeze_prototypes_steps` steps (paper: the first epoch; the authors
+   describe it as a stabilizer rather than a source of accuracy, in facebookresearch/swav issue 76). In
    those steps the loss uses the prototype weight *detached*, so it gets no gradient at all (`.grad` stays None,
    the training loop zeroes with set_to_none): SGD, AdamW and LARS all skip a parameter without a gradient,
    weight decay included (selfsup/optim.py), so the prototypes do not move. After each optimizer step that could
@@ -46,8 +46,8 @@ of the 2B global crops, at most min(K, 2B): a handful means the embeddings crowd
 embeddings.
 
 Defaults that differ from the paper (ImageNet, batch 4096 on 64 GPUs), for runs of a few hundred steps on 60k
-small images: K = 128 prototypes (paper 3000 for 1000 classes; it finds K matters little "as long as there are
-enough", and a batch must be able to spread over them: with B < K equipartition is impossible within a batch,
+small images: K = 128 prototypes (paper 3000 for 1000 classes; it finds K matters little once there are
+enough of them, and a batch must be able to spread over them: with B < K equipartition is impossible within a batch,
 which is why the paper adds a queue for batches of 256. 128 is about 10x the classes of 10-class data and fits
 in a batch of 256 without a queue; solo-learn's CIFAR setting, 3000 with a queue of 3840, is `--set
 method.n_prototypes=3000 --set method.queue_size=3840`); projector hidden width 512 (paper 2048, as DINO here);
