@@ -185,9 +185,12 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
               "k-means NMI: k-means with one cluster per class on the frozen features of the test images, NMI with "
               "the labels (×100), the random-init backbone's in brackets; — for runs evaluated before the "
               "clustering protocol existed."]
-    notes_by_date = sorted({(r["date"], r["note"]) for r in rows if r.get("note")})
-    for day, note in notes_by_date:
-        lines += ["", f"Runs of {day}: {note}"]
+    noted: dict[tuple[str, str], list[str]] = {}  # (date, note) -> the methods it is about
+    for r in rows:
+        if r.get("note"):
+            noted.setdefault((r["date"], r["note"]), []).append(r["method"])
+    for (day, note), methods in sorted(noted.items()):
+        lines += ["", f"{', '.join(dict.fromkeys(methods))} ({day}): {note}"]
     notes = sorted({f"{r['method']}: `{' '.join(r['overrides'])}`" for r in rows if r["overrides"]})
     if notes:
         lines += ["", "Settings beyond the defaults: " + "; ".join(notes) + "."]
