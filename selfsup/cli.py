@@ -1,4 +1,4 @@
-"""The `selfsup` command line: run, pretrain, eval, methods, data, config."""
+"""The `selfsup` command line: run, pretrain, eval, report, compare, methods, data, views, study, config."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. --set train.lr=0.3 (repeatable; `selfsup config` lists keys)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also log training curves to RUN_DIR/tensorboard/ (needs: pip install -e '.[tensorboard]')")
 
 
 def config_tree(args: argparse.Namespace) -> dict:
@@ -51,7 +53,7 @@ def config_tree(args: argparse.Namespace) -> dict:
         ("data", "name"): args.data, ("method", "name"): args.method, ("model", "backbone"): args.backbone,
         ("train", "minutes"): args.minutes, ("train", "epochs"): args.epochs, ("train", "steps"): args.steps,
         ("eval", "labels"): args.labels, ("train", "seed"): args.seed, ("data", "limit"): args.limit,
-        ("train", "device"): args.device, ("eval", "data"): args.eval_data,
+        ("train", "device"): args.device, ("eval", "data"): args.eval_data, ("train", "tensorboard"): args.tensorboard,
     }
     tree: dict = {}
     for (section, key), value in flags.items():
@@ -92,10 +94,29 @@ def cmd_run(args: argparse.Namespace, evaluate_after: bool) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup.run import evaluate_run
 
-    protocols = args.protocols.split(",") if args.protocols else None
-    evaluate_run(args.run_dir, labels=args.labels, protocols=protocols, eval_data=args.eval_data)
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()] if args.protocols is not None else None
+    evaluate_run(args.run_dir, labels=args.labels, protocols=protocols, eval_data=args.eval_data,
+                 merge=protocols is not None and args.eval_data is None)
     print()
     print((Path(args.run_dir) / "results.md").read_text())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfsup.report.html import write_report
+    from selfsup.run import read_run_config
+
+    read_run_config(args.run_dir)  # a clear error for a folder that is not a run
+    print(f"wrote {write_report(Path(args.run_dir))}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from selfsup.report.compare import compare_runs
+
+    markdown, html = compare_runs([Path(d) for d in args.run_dirs], Path(args.out))
+    print(markdown.read_text())
+    print(f"wrote {markdown} and {html}")
     return 0
 
 
@@ -238,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
             commands:
               run       pretrain, then evaluate (kNN, linear probe, few-label with both baselines)
               pretrain  pretrain only
-              eval      evaluate the encoder of a run folder
+              eval      evaluate the encoder of a run folder (any subset of the protocols)
+              report    write report.html of a run folder (self-contained, works offline)
+              compare   one table and overlaid curves for several run folders
               methods   list the methods with their papers
               data      list sources, show what is where, fetch a data set
               views     save a picture of images and their views under a recipe
@@ -259,12 +282,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run folder", formatter_class=raw,
                        description="Evaluate the frozen encoder of a run folder; writes eval.json and results.md.",
                        epilog="examples:\n  selfsup eval runs/20261123-140000-simclr-fashion-mnist\n"
-                              "  selfsup eval RUN_DIR --labels 100 --protocols few-label\n")
+                              "  selfsup eval RUN_DIR --labels 100 --protocols few-label\n"
+                              "  selfsup eval RUN_DIR --protocols finetune    # fine-tuning on 1%, 10%, 100% labels\n")
     p.add_argument("run_dir", help="a folder made by `selfsup run` or `selfsup pretrain`")
     p.add_argument("--labels", type=int, help="labels in the few-label experiment (default: the run's, 200)")
-    p.add_argument("--protocols", help="comma-separated subset of knn,linear,few-label,clustering")
+    p.add_argument("--protocols", help="comma-separated subset of knn,linear,few-label,clustering,low-shot,"
+                                       "retrieval,tsne,finetune (default: the run's eval.protocols); the results of "
+                                       "the others stay in eval.json")
     p.add_argument("--eval-data", help="evaluate on this source or folder (default: the run's eval.data, else "
                                        "its pretraining data)")
+    p = sub.add_parser("report", help="write report.html of a run folder", formatter_class=raw,
+                       description="Write RUN_DIR/report.html: one self-contained page (config, results with both "
+                                   "baselines, training curves, pictures, environment) that works offline. "
+                                   "`selfsup run` and `selfsup eval` write it too.",
+                       epilog="example:\n  selfsup report runs/20261123-140000-simclr-fashion-mnist\n")
+    p.add_argument("run_dir", help="a folder made by `selfsup run` or `selfsup pretrain`")
+    p = sub.add_parser("compare", help="one table and overlaid curves for several runs", formatter_class=raw,
+                       description="Compare run folders: a table of their results and their training curves "
+                                   "overlaid, as compare.md (+ compare-curves.png) and a self-contained compare.html.",
+                       epilog="examples:\n  selfsup compare runs/*simclr* runs/*byol* --out runs/compare\n"
+                              "  selfsup compare bench/out/methods/* --out /tmp/methods\n")
+    p.add_argument("run_dirs", nargs="+", help="run folders")
+    p.add_argument("--out", default="compare", help="folder for compare.md and compare.html (default ./compare)")
     sub.add_parser("methods", help="list methods", description="List the registered methods with family, paper and year.",
                    epilog="example:\n  selfsup methods\n", formatter_class=raw)
     p = sub.add_parser("data", help="data sources", formatter_class=raw,
@@ -343,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"run": lambda a: cmd_run(a, True), "pretrain": lambda a: cmd_run(a, False), "eval": cmd_eval,
-                "methods": cmd_methods, "data": cmd_data, "views": cmd_views, "study": cmd_study,
+                "report": cmd_report, "compare": cmd_compare, "methods": cmd_methods, "data": cmd_data,
+                "views": cmd_views, "study": cmd_study,
                 "config": cmd_config}
     try:
         return handlers[args.command](args)

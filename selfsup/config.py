@@ -65,6 +65,7 @@ class TrainConfig:
     threads: int | None = opt(None, "CPU threads for PyTorch; None keeps PyTorch's default (one per core).", min=1)
     checkpoint_minutes: float = opt(5.0, "Write checkpoints/last.pt this often (and always at the end or on Ctrl-C).", min=0)
     log_every: int = opt(20, "Write a line to metrics.jsonl every N steps.", min=1)
+    tensorboard: bool = opt(False, "Also log the training curves to RUN_DIR/tensorboard/ for TensorBoard (needs the optional tensorboard package: pip install -e '.[tensorboard]'); metrics.jsonl is written either way.")
     compile: bool = opt(False, "torch.compile the method (helps on GPU; slow to start on CPU).")
     channels_last: bool = opt(True, "Keep conv weights in channels_last memory format (13% faster training here on the CPU; faster on recent GPUs too).")
 
@@ -78,11 +79,24 @@ class EvalConfig:
     random_init_all_labels: bool = opt(False, "Also run kNN and the all-label linear probe on the random-init backbone (the few-label baseline always runs); costs about a minute on Fashion-MNIST.")
     batch_size: int = opt(256, "Batch size for feature extraction (256 is faster than 1024 on a CPU: the activations stay in cache).", min=1)
     data: str | None = opt(None, "Evaluate on other data than the pretraining data (source name or image folder), e.g. a colorization encoder pretrained on colour photos, evaluated on fashion-mnist. None: the pretraining data. Channel counts may differ (grey images go to a colour encoder as R = G = B, colour to a grey one by luma); data.image_size and data.limit apply to it too, data.crops_per_image does not.")
-    protocols: list = opt(["knn", "linear", "few-label", "clustering"],
-                          "Evaluations to run after pretraining. clustering (k-means accuracy, NMI and ARI on the test "
-                          "split beside the random-init backbone, and clusters.png) reuses the extracted features "
-                          "and costs seconds (0.4-2 s per k-means on 60k x 128 features, one CPU thread).",
-                          choices=["knn", "linear", "few-label", "clustering"])
+    protocols: list = opt(["knn", "linear", "few-label", "clustering", "low-shot", "retrieval", "tsne"],
+                          "Evaluations to run after pretraining (docs/evaluation.md), each beside the random-init "
+                          "backbone: knn, linear (all labels), few-label (with the from-scratch baseline), clustering "
+                          "(k-means accuracy/NMI/ARI, clusters.png), low-shot (linear SVMs on 1-16 labels per class), "
+                          "retrieval (precision@k, retrieval.png), tsne (tsne.png), finetune (whole network on 1%/10%/"
+                          "100% of the labels; minutes, so not on by default). Features are extracted once.",
+                          choices=["knn", "linear", "few-label", "clustering", "low-shot", "retrieval", "tsne",
+                                   "finetune"])
+    cache_features: bool = opt(True, "Keep the extracted features in the run folder (features.safetensors, about 36 MB for Fashion-MNIST at 128 dims) so a later `selfsup eval` of the same encoder skips extraction.")
+    lowshot_shots: list = opt([1, 2, 4, 8, 16], "Labels per class of the low-shot linear SVMs (Goyal et al. 2019 use 1, 2, 4, 8, 16, 32, 64, 96 on VOC07); counts a class has too few images for are left out with a note.")
+    lowshot_draws: int = opt(5, "Random draws of the labelled images per shot count (Goyal et al. 2019: 5); mean and std over draws.", min=1)
+    retrieval_ks: list = opt([1, 5, 10, 20], "k of precision@k in the retrieval protocol (test split, leave-one-out).")
+    retrieval_queries: int = opt(10, "Query images pictured in retrieval.png (one per class, round-robin).", min=1)
+    tsne_points: int = opt(2000, "Test images in the t-SNE map (a class-stratified seeded subset; t-SNE of 2000 x 128 features takes about 10 s).", min=5)
+    finetune_fractions: list = opt([0.01, 0.1, 1.0], "Label fractions of the fine-tuning protocol, class-balanced and seeded (SimCLR's semi-supervised table: 1% and 10%).")
+    finetune_steps: int = opt(1000, "Optimizer steps of each fine-tuning (per fraction and per init): a step budget, so the cost is the same whatever the fraction.", min=1)
+    finetune_batch_size: int = opt(128, "Batch size of fine-tuning (smaller when a fraction has fewer images).", min=1)
+    finetune_lr: float = opt(1e-3, "Peak AdamW learning rate of fine-tuning, for the pretrained and the random-init network alike (warm-up, then cosine).", min=0)
 
 
 def config_fields(cls: type) -> dict[str, dataclasses.Field]:

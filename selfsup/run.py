@@ -22,12 +22,12 @@ from torch import nn
 
 import selfsup
 from selfsup.checkpoint import atomic_write, export_encoder, load_encoder
-from selfsup.config import Config, ModelConfig, load_config, to_dict
+from selfsup.config import Config, EvalConfig, ModelConfig, load_config, to_dict
 from selfsup.data import sources
 from selfsup.data.sources import ImageSet
 from selfsup.data.splits import few_label_split, holdout, seeded_subset
 from selfsup.errors import SelfSupError
-from selfsup.evaluate.protocol import evaluate
+from selfsup.evaluate.protocol import PROTOCOLS, evaluate
 from selfsup.methods import METHODS, Method
 from selfsup.nets.backbones import build_backbone, default_width, resolved_options
 from selfsup.nets.encoders import adapt_channels
@@ -165,12 +165,40 @@ def check_config(cfg: Config, train: ImageSet, evaluation: bool = True, pretrain
     """
     if pretraining:
         check_batch(cfg.train.batch_size, len(train))
+        if cfg.train.tensorboard:
+            from selfsup.report.tensorboard import check_available
+
+            check_available()
     labelled = int((train.labels >= 0).sum())
+    if evaluation:
+        check_eval_settings(cfg.eval)
     if evaluation and "few-label" in cfg.eval.protocols and labelled:
         if cfg.eval.labels > labelled:
             raise SelfSupError(f"eval.labels={cfg.eval.labels} but only {labelled} training images have labels; "
                                f"use --labels {labelled} or fewer")
         few_label_split(train.labels, cfg.eval.labels, cfg.train.seed)  # per-class limits, before hours of training
+
+
+def check_eval_settings(e: EvalConfig) -> None:
+    """The list-valued evaluation settings, which the config's type check cannot look inside."""
+    def numbers(key: str, values: list, kind: type, low: float, high: float | None = None) -> None:
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
+                    or v < low or v == 0 or (high is not None and v > high):
+                bound = f"in (0, {high}]" if high is not None else f"{kind.__name__}s >= {max(low, 1)}"
+                raise SelfSupError(f"eval.{key} takes a list of {bound}, got {values!r}; e.g. --set eval.{key}="
+                                   + {"lowshot_shots": "[1,2,4,8,16]", "retrieval_ks": "[1,5,10]",
+                                      "finetune_fractions": "[0.01,0.1,1.0]"}[key])
+        if not values and key in ("lowshot_shots", "retrieval_ks", "finetune_fractions"):
+            raise SelfSupError(f"eval.{key} is empty; give at least one value or leave its protocol out of "
+                               "eval.protocols")
+
+    if "low-shot" in e.protocols:
+        numbers("lowshot_shots", e.lowshot_shots, int, 1)
+    if "retrieval" in e.protocols:
+        numbers("retrieval_ks", e.retrieval_ks, int, 1)
+    if "finetune" in e.protocols:
+        numbers("finetune_fractions", e.finetune_fractions, float, 0, 1.0)
 
 
 def new_run_dir(cfg: Config, out: str | Path | None) -> Path:
@@ -313,10 +341,11 @@ def read_run_config(run_dir: str | Path) -> Config:
 
 
 def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list[str] | None = None,
-                 log: Callable[[str], None] = print, eval_data: str | None = None) -> dict:
-    """Evaluate the encoder of a finished run folder; writes eval.json and results.md there.
+                 log: Callable[[str], None] = print, eval_data: str | None = None, merge: bool = False) -> dict:
+    """Evaluate the encoder of a finished run folder; writes eval.json, results.md and report.html there.
 
-    eval_data: evaluate on this source instead of the run's eval.data (or its pretraining data).
+    eval_data: evaluate on this source instead of the run's eval.data (or its pretraining data). merge: keep the
+    results of protocols not run now from the existing eval.json (same evaluation data only).
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -325,6 +354,10 @@ def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list
     if labels is not None:
         cfg.eval.labels = labels
     if protocols is not None:
+        unknown = [p for p in protocols if p not in PROTOCOLS]
+        if unknown or not protocols:
+            raise SelfSupError(f"unknown evaluation protocol '{unknown[0] if unknown else ''}'; give a comma-separated "
+                               f"subset of {','.join(PROTOCOLS)}")
         cfg.eval.protocols = protocols
     encoder = run_dir / "encoder.safetensors"
     trained = json.loads((run_dir / "train.json").read_text()) if (run_dir / "train.json").is_file() else {}
@@ -336,12 +369,33 @@ def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list
     backbone, fresh = load_encoder_backbone(run_dir, train_set.channels, cfg, with_fresh=True)
     device = resolve_device(cfg.train.device)
     t0 = time.perf_counter()
-    result = evaluate(backbone, fresh, train_set, test_set, cfg.eval, cfg.train.seed, device, run_dir, log)
+    result = evaluate(backbone, fresh, train_set, test_set, cfg.eval, cfg.train.seed, device, run_dir, log,
+                      encoder_file=encoder)
     result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    if merge and (run_dir / "eval.json").is_file():
+        # A subset of protocols adds to what earlier evaluations measured instead of erasing it.
+        previous = json.loads((run_dir / "eval.json").read_text())
+        if previous.get("data") == result.get("data") and "skipped" not in previous:
+            result = {**previous, **{k: v for k, v in result.items() if k != "seconds"},
+                      "seconds": {**previous.get("seconds", {}), **result["seconds"]}}
     write_json(run_dir / "eval.json", result)
     table = results_table(cfg, result, run_dir)
     atomic_write(run_dir / "results.md", lambda tmp: Path(tmp).write_text(table))
+    write_run_report(run_dir, log)
     return result
+
+
+def write_run_report(run_dir: Path, log: Callable[[str], None] = print) -> Path | None:
+    """report.html of a run folder; a failure is a note, never a lost evaluation."""
+    try:
+        from selfsup.report.html import write_report
+
+        path = write_report(run_dir)
+    except (ImportError, RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+        log(f"note: report.html skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return None
+    log(f"report: {path}")
+    return path
 
 
 def load_encoder_backbone(run_dir: str | Path, channels: int, cfg: Config | None = None, with_fresh: bool = False):
@@ -378,6 +432,43 @@ def _clusters(scores: dict) -> str:
     if "accuracy" not in scores:
         return "—"
     return f"{_pct(scores['accuracy'])} / {scores['nmi']:.3f} / {scores['ari']:.3f}"
+
+
+def protocol_lines(result: dict) -> list[str]:
+    """results.md lines for low-shot, retrieval, t-SNE and fine-tuning, each with its random-init row."""
+    lines: list[str] = []
+    low = result.get("low_shot", {})
+    if "ssl" in low:
+        shots = [k for k in map(str, low["shots"]) if k in low["ssl"]["results"]]
+        cell = lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}%"  # noqa: E731
+        lines += [f"Low-shot linear SVM ({low['draws']} draws, mean ± std, test top-1):", "",
+                  "| features | " + " | ".join(f"{k} per class" for k in shots) + " |",
+                  "|---|" + "---|" * len(shots),
+                  "| SSL | " + " | ".join(cell(low["ssl"]["results"][k]) for k in shots) + " |",
+                  "| random init | " + " | ".join(cell(low["random_init"]["results"][k]) for k in shots) + " |", ""]
+    ret = result.get("retrieval", {})
+    if "ssl" in ret:
+        ks = list(ret["ssl"]["precision_at"])
+        lines += [f"Retrieval ({ret['database']}): precision@k "
+                  + ", ".join(f"@{k} SSL {_pct(ret['ssl']['precision_at'][k])} / random init "
+                              f"{_pct(ret['random_init']['precision_at'][k])}" for k in ks)
+                  + (f"; {ret['figure']}" if ret.get("figure") else "") + ".", ""]
+    tsne = result.get("tsne", {})
+    if "ssl" in tsne:
+        lines += [f"t-SNE of {tsne['points']} test images: 10-NN accuracy in the 2-d map SSL "
+                  f"{_pct(tsne['ssl']['knn_2d_top1'])}, random init {_pct(tsne['random_init']['knn_2d_top1'])}"
+                  + (f"; {tsne['figure']}" if tsne.get("figure") else "") + ".", ""]
+    fine = result.get("finetune", {})
+    if "ssl" in fine:
+        lines += [f"Fine-tuning (whole network + linear head, {fine['steps']} steps of {fine['batch_size']}, "
+                  f"{fine['optimizer']}, lr {fine['lr']:g}), test top-1:", "",
+                  "| labels | SSL init | random init | gain |", "|---|---|---|---|"]
+        for key, ssl in fine["ssl"].items():
+            random = fine["random_init"][key]
+            lines.append(f"| {100 * float(key):g}% ({ssl['labels']}) | {_pct(ssl['top1'])} | {_pct(random['top1'])} "
+                         f"| {100 * (ssl['top1'] - random['top1']):+.1f} |")
+        lines.append("")
+    return lines
 
 
 def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
@@ -421,6 +512,7 @@ def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
                   "are exactly the classes)"
                   + (f"; the largest clusters are pictured in {cluster['figure']}" if cluster.get("figure") else "")
                   + ".", ""]
+    lines += protocol_lines(result)
     if knn and "random_init_top1" not in knn:
         lines += ["Random-init kNN and all-label probe not measured (about a minute more): "
                   "`--set eval.random_init_all_labels=true`.", ""]

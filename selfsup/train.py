@@ -28,6 +28,7 @@ from selfsup.config import TrainConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
 from selfsup.optim import build_optimizer, lr_at
+from selfsup.report.tensorboard import TensorBoardLog
 
 CHECKPOINT = "checkpoints/last.pt"
 
@@ -175,6 +176,9 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
     dtype = autocast_dtype(cfg.precision, device)
     loss_fn = torch.compile(method.step_loss) if cfg.compile else method.step_loss
     collapse = getattr(method, "collapse", None)  # joint-embedding methods: a CollapseMonitor (methods/collapse.py)
+    # A resumed run drops the events of the steps after its checkpoint (logged, then lost in a crash).
+    board = (TensorBoardLog(run_dir / "tensorboard", purge_step=step + 1 if resume else None)
+             if cfg.tensorboard else None)
 
     def checkpoint(elapsed: float) -> None:
         save_checkpoint(run_dir / CHECKPOINT, {
@@ -242,6 +246,8 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
                        "elapsed_s": round(elapsed, 2), "total_steps": budget.total_steps}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
+                if board is not None:
+                    board.write(row)
                 if collapse is not None and (warning := collapse.check(row)):  # one line, once per run
                     tqdm.write(warning, file=sys.stderr)
                 window, window_steps, window_start = {}, 0, now
@@ -257,6 +263,8 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
         total_seconds = elapsed_before + time.perf_counter() - start
         checkpoint(total_seconds)
     bar.close()
+    if board is not None:
+        board.close()
     return TrainResult(step, budget.total_steps, total_seconds,
                        (step * cfg.batch_size / total_seconds) if total_seconds > 0 else 0.0, interrupted, loss_value)
 

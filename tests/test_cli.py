@@ -18,10 +18,12 @@ def selfsup(*args, cwd=None, env_extra=None):
 def test_run_produces_a_complete_run_folder(tmp_path):
     out = tmp_path / "run"
     r = selfsup("run", "--data", "synthetic", "--steps", "3", "--limit", "512", "--out", str(out), "--no-progress",
-                "--labels", "50", "--set", "train.batch_size=64", "--set", "eval.scratch_epochs=2")
+                "--labels", "50", "--set", "train.batch_size=64", "--set", "eval.scratch_epochs=2",
+                "--set", "eval.tsne_points=300")
     assert r.returncode == 0, r.stderr
     for name in ["config.yaml", "env.json", "metrics.jsonl", "checkpoints/last.pt", "encoder.safetensors",
-                 "eval.json", "results.md", "split.json", "train.json"]:
+                 "eval.json", "results.md", "split.json", "train.json", "features.safetensors", "retrieval.png",
+                 "tsne.png", "clusters.png", "report.html"]:
         assert (out / name).is_file(), name
     result = json.loads((out / "eval.json").read_text())
     for value in [result["knn"]["top1"], result["linear"]["top1"], result["few_label"]["ssl"],
@@ -30,6 +32,10 @@ def test_run_produces_a_complete_run_folder(tmp_path):
     assert result["few_label"]["labels"] == 50
     assert "few-label, 50 labels" in r.stdout and "random init" in r.stdout
     assert "random_init_top1" not in result["knn"]  # the all-label random-init rows are opt-in
+    for protocol in ["clustering", "low_shot", "retrieval", "tsne"]:  # on by default, each beside random init
+        assert "random_init" in result[protocol], protocol
+    assert "finetune" not in result  # minutes of training: asked for explicitly
+    assert "Low-shot linear SVM" in r.stdout and "Retrieval (test split" in r.stdout
     torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] == torch.__version__
@@ -39,6 +45,8 @@ def test_run_produces_a_complete_run_folder(tmp_path):
     assert r2.returncode == 0, r2.stderr
     again = json.loads((out / "eval.json").read_text())
     assert again["few_label"]["ssl"] == result["few_label"]["ssl"]
+    assert again["tsne"] == result["tsne"] and again["knn"] == result["knn"]  # the other protocols' results stay
+    assert "reused" in r2.stdout + r2.stderr  # features.safetensors: nothing extracted twice
 
 
 @pytest.mark.parametrize("args, message", [
@@ -54,6 +62,11 @@ def test_run_produces_a_complete_run_folder(tmp_path):
     (["run", "--data", "synthetic", "--device", "gpu"], "is not a device"),
     (["run", "--data", "synthetic", "--set", "eval.protocols=[knn,svm]"], "must be one of knn, linear, few-label"),
     (["eval", "not-a-run"], "not a run folder"),
+    (["report", "not-a-run"], "not a run folder"),
+    (["compare", "not-a-run"], "not-a-run"),
+    (["run", "--data", "synthetic", "--set", "eval.lowshot_shots=[0,2]"], "eval.lowshot_shots"),
+    (["run", "--data", "synthetic", "--set", "eval.protocols=[finetune]", "--set", "eval.finetune_fractions=[2]"],
+     "eval.finetune_fractions"),
     (["study", "augmentations", "--data", "synthetic", "--minutes-per-cell", "1", "--steps-per-cell", "5"],
      "not both"),
     (["study", "augmentations", "--data", "synthetic", "--steps-per-cell", "0"], "must be positive"),

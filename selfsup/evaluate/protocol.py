@@ -1,5 +1,6 @@
-"""The evaluation protocols of a run, on a frozen backbone: kNN, linear probe, k-means clustering, and the
-few-label experiment.
+"""The evaluation protocols of a run: on the frozen backbone kNN, linear probe, k-means clustering, the few-label
+experiment, low-shot linear SVMs, nearest-neighbour retrieval and t-SNE; on a copy of it, fine-tuning. Every
+protocol is measured beside the same architecture at random init, in the same run.
 
 The few-label experiment (the lecture's CIFAR-10 set-up: pretrain on every unlabeled image, then learn from N
 labels) always reports three numbers measured here, on the same split and the same test images:
@@ -22,19 +23,28 @@ from selfsup.config import EvalConfig
 from selfsup.data.sources import ImageSet
 from selfsup.data.splits import few_label_split, save_split
 from selfsup.errors import SelfSupError
+from selfsup.evaluate.cache import CACHE_FILE, FeatureStore
 from selfsup.evaluate.clustering import cluster_and_score, largest_clusters_png
-from selfsup.evaluate.features import extract
+from selfsup.evaluate.finetune import finetune
 from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_probe
+from selfsup.evaluate.lowshot import draw_low_shot, low_shot_svm, union_of_draws
+from selfsup.evaluate.retrieval import retrieval
+from selfsup.evaluate.tsne import tsne
 from selfsup.evaluate.supervised import classifier_accuracy, train_from_scratch
 
-PROTOCOLS = ("knn", "linear", "few-label", "clustering")
+PROTOCOLS = ("knn", "linear", "few-label", "clustering", "low-shot", "retrieval", "tsne", "finetune")
+TSNE_MIN_POINTS = 5  # fewer points make no t-SNE map (evaluate/tsne.py)
 
 
 def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train: ImageSet, test: ImageSet,
              cfg: EvalConfig, seed: int, device: torch.device, run_dir: str | Path | None = None,
-             log: Callable[[str], None] = print) -> dict:
-    """Run cfg.protocols on `backbone`; `fresh_backbone()` builds the same architecture with random weights."""
+             log: Callable[[str], None] = print, encoder_file: str | Path | None = None) -> dict:
+    """Run cfg.protocols on `backbone`; `fresh_backbone()` builds the same architecture with random weights.
+
+    With run_dir and encoder_file (the file the backbone was loaded from) and eval.cache_features, the features
+    are kept in run_dir/features.safetensors and reused by the next evaluation of the same encoder (evaluate/cache.py).
+    """
     unknown = [p for p in cfg.protocols if p not in PROTOCOLS]
     if unknown:
         raise SelfSupError(f"unknown evaluation protocol '{unknown[0]}'; known: {', '.join(PROTOCOLS)}")
@@ -47,20 +57,25 @@ def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train
     num_classes = max(len(train.classes), int(train.labels.max()) + 1, int(test.labels.max()) + 1)
     result: dict = {"schema": 1, "data": {"name": train.name, "train": len(train), "test": len(test),
                                           "classes": num_classes}, "seconds": {}}
+    protocols = set(cfg.protocols)
     t0 = time.perf_counter()
-    train_f = extract(backbone, train.images, cfg.batch_size, device)
-    test_f = extract(backbone, test.images, cfg.batch_size, device)
+    store = FeatureStore(backbone, fresh_backbone, train.images, train.labels, test.images, test.labels, seed,
+                         cfg.batch_size, device, run_dir if cfg.cache_features else None, encoder_file, log)
     # The random-init baseline: same architecture, weights drawn under the run's seed, frozen like the SSL one.
-    # Its features are needed for the few-label split only, unless the all-label rows are asked for too.
-    torch.manual_seed(seed)
-    random_net = fresh_backbone()
-    few_split = few_label_split(train.labels, cfg.labels, seed) if "few-label" in cfg.protocols else None
-    all_labels = cfg.random_init_all_labels or few_split is None
-    random_train_f = extract(random_net, train.images if all_labels else train.images[few_split], cfg.batch_size, device)
-    random_test_f = extract(random_net, test.images, cfg.batch_size, device)
+    # Its training features are needed for the few-label split only, unless the all-label rows are asked for too.
+    few_split = few_label_split(train.labels, cfg.labels, seed) if "few-label" in protocols else None
+    all_labels = bool(protocols & {"knn", "linear"}) and (cfg.random_init_all_labels or few_split is None
+                                                          or store.has("random_train"))
+    needs_train = bool(protocols & {"knn", "linear", "few-label", "low-shot"})
+    train_f = store.ssl("train") if needs_train else None
+    test_f = store.ssl("test")
+    random_test_f = store.random("test")
+    random_train_f = store.random("train") if all_labels else None
+    if store.loaded:
+        log(f"features: reused {', '.join(store.loaded)} from {CACHE_FILE}")
     result["seconds"]["features"] = round(time.perf_counter() - t0, 2)
 
-    if "knn" in cfg.protocols:
+    if "knn" in protocols:
         t0 = time.perf_counter()
         top1 = knn_top1(train_f, train.labels, test_f, test.labels, num_classes, cfg.knn_k, cfg.knn_temperature)
         result["knn"] = {"top1": top1, "k": cfg.knn_k, "temperature": cfg.knn_temperature}
@@ -72,7 +87,7 @@ def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train
         result["seconds"]["knn"] = round(time.perf_counter() - t0, 2)
         log(message)
 
-    if "linear" in cfg.protocols:
+    if "linear" in protocols:
         t0 = time.perf_counter()
         result["linear"] = linear_probe(train_f, train.labels, test_f, test.labels, num_classes, seed=seed)
         message = f"linear probe, all {len(train)} labels, top-1: SSL {result['linear']['top1']:.4f}"
@@ -83,18 +98,99 @@ def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train
         result["seconds"]["linear"] = round(time.perf_counter() - t0, 2)
         log(message)
 
-    if "clustering" in cfg.protocols:
+    if "clustering" in protocols:
         t0 = time.perf_counter()
         result["clustering"] = clustering(test_f, random_test_f, test, num_classes, seed, run_dir, log)
         result["seconds"]["clustering"] = round(time.perf_counter() - t0, 2)
 
-    if "few-label" in cfg.protocols:
+    if "few-label" in protocols:
         t0 = time.perf_counter()
-        random_split_f = random_train_f[few_split] if all_labels else random_train_f
-        result["few_label"] = few_label(few_split, (train_f[few_split], test_f), (random_split_f, random_test_f),
+        result["few_label"] = few_label(few_split, (train_f[few_split], test_f),
+                                        (store.random_rows(few_split), random_test_f),
                                         fresh_backbone, train, test, num_classes, cfg, seed, device, run_dir, log)
         result["seconds"]["few_label"] = round(time.perf_counter() - t0, 2)
+
+    if "low-shot" in protocols:
+        t0 = time.perf_counter()
+        result["low_shot"] = low_shot(store, train_f, train, test_f, random_test_f, test, cfg, seed, log)
+        result["seconds"]["low_shot"] = round(time.perf_counter() - t0, 2)
+
+    if "retrieval" in protocols and len(test) < 2:
+        log(f"retrieval skipped: {len(test)} test image(s) cannot retrieve one another")
+        result["retrieval"] = {"skipped": f"{len(test)} test images"}
+    elif "retrieval" in protocols:
+        t0 = time.perf_counter()
+        result["retrieval"] = retrieval(test_f, random_test_f, test.images, test.labels, test.classes, run_dir,
+                                        ks=cfg.retrieval_ks, n_queries=cfg.retrieval_queries, seed=seed, log=log)
+        ssl_p, random_p = result["retrieval"]["ssl"]["precision_at"], result["retrieval"]["random_init"]["precision_at"]
+        log("retrieval (test split, leave-one-out) precision@k: "
+            + ", ".join(f"@{k} SSL {ssl_p[k]:.4f} / random init {random_p[k]:.4f}" for k in ssl_p))
+        result["seconds"]["retrieval"] = round(time.perf_counter() - t0, 2)
+
+    if "tsne" in protocols and len(test) < TSNE_MIN_POINTS:
+        log(f"t-SNE skipped: {len(test)} test images make no map (it needs {TSNE_MIN_POINTS})")
+        result["tsne"] = {"skipped": f"{len(test)} test images"}
+    elif "tsne" in protocols:
+        t0 = time.perf_counter()
+        result["tsne"] = tsne(test_f, random_test_f, test.labels, test.classes, run_dir, points=cfg.tsne_points,
+                              seed=seed, log=log)
+        ssl_2d, random_2d = result["tsne"]["ssl"]["knn_2d_top1"], result["tsne"]["random_init"]["knn_2d_top1"]
+        log(f"t-SNE of {result['tsne']['points']} test images: 10-NN accuracy of the 2-d map SSL {ssl_2d:.4f}, "
+            f"random init {random_2d:.4f}")
+        result["seconds"]["tsne"] = round(time.perf_counter() - t0, 2)
+
+    if "finetune" in protocols:
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        result["finetune"] = finetune(backbone, fresh_backbone, train.images, train.labels, test.images, test.labels,
+                                      num_classes, fractions=cfg.finetune_fractions, steps=cfg.finetune_steps,
+                                      batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr, seed=seed,
+                                      device=device, log=log)
+        result["seconds"]["finetune"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def usable_shots(labels: torch.Tensor, shots: list[int]) -> list[int]:
+    """The shot counts every class has enough images for (labels (N,) of the labelled training images)."""
+    counts = torch.bincount(labels[labels >= 0])
+    fewest = int(counts[counts > 0].min())
+    return [k for k in shots if k <= fewest]
+
+
+def low_shot(store: FeatureStore, train_f: torch.Tensor, train: ImageSet, test_f: torch.Tensor,
+             random_test_f: torch.Tensor, test: ImageSet, cfg: EvalConfig, seed: int,
+             log: Callable[[str], None]) -> dict:
+    """Goyal et al.'s low-shot linear SVMs on the SSL and the random-init features, on the same draws."""
+    shots = usable_shots(train.labels, list(cfg.lowshot_shots))
+    dropped = [k for k in cfg.lowshot_shots if k not in shots]
+    if not shots:
+        log("low-shot skipped: a class has fewer training images than the smallest shot count "
+            f"{min(cfg.lowshot_shots)}")
+        return {"skipped": "too few images per class"}
+    if dropped:
+        log(f"note: low-shot without {', '.join(map(str, dropped))} shots: a class has fewer training images")
+    draws = draw_low_shot(train.labels, shots, cfg.lowshot_draws, seed)
+    rows = union_of_draws(draws)  # (M,) every training row some draw uses
+    position = torch.full((len(train),), -1, dtype=torch.long)
+    position[rows] = torch.arange(len(rows))
+    random_rows = store.random_rows(rows)  # (M, D): only the rows the draws use
+
+    ssl = low_shot_svm(lambda idx: train_f[idx], train.labels, test_f, test.labels, draws, seed=seed)
+    random = low_shot_svm(lambda idx: random_rows[position[idx]], train.labels, random_test_f, test.labels, draws,
+                          seed=seed)
+    out = {k: v for k, v in ssl.items() if k not in ("results", "fits", "unconverged_fits")}
+    out.update(ssl={k: ssl[k] for k in ("results", "fits", "unconverged_fits")},
+               random_init={k: random[k] for k in ("results", "fits", "unconverged_fits")})
+    stopped = ssl["unconverged_fits"] + random["unconverged_fits"]
+    if stopped:
+        log(f"note: low-shot: {stopped} of {ssl['fits'] + random['fits']} SVM fits stopped at liblinear's iteration "
+            "cap before its tolerance (large costs, nearly hard margins); their models are used as they are")
+    if dropped:
+        out["dropped_shots"] = dropped
+    log("low-shot linear SVM (" + f"{cfg.lowshot_draws} draws) top-1, SSL / random init: " + ", ".join(
+        f"{k}-shot {100 * ssl['results'][str(k)]['mean']:.1f}±{100 * ssl['results'][str(k)]['std']:.1f} / "
+        f"{100 * random['results'][str(k)]['mean']:.1f}" for k in shots))
+    return out
 
 
 def clustering(ssl_features: torch.Tensor, random_features: torch.Tensor, test: ImageSet, num_classes: int,
