@@ -259,3 +259,11 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "results.md").read_text() == "hello"
     assert (tmp_path / "results.md").stat().st_mode & 0o777 == 0o644
+    from safetensors.torch import save_file  # writes a file of its own over the temporary one
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "encoder.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "encoder.safetensors").stat().st_mode & 0o777 == 0o644
