@@ -31,6 +31,7 @@ from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.lowshot import draw_low_shot, low_shot_svm, union_of_draws
 from selfsup.evaluate.retrieval import retrieval
 from selfsup.evaluate.tsne import tsne
+from selfsup.report.figures import optional_figure
 from selfsup.evaluate.supervised import classifier_accuracy, train_from_scratch
 
 PROTOCOLS = ("knn", "linear", "few-label", "clustering", "low-shot", "retrieval", "tsne", "finetune")
@@ -211,14 +212,10 @@ def clustering(ssl_features: torch.Tensor, random_features: torch.Tensor, test: 
         f"ARI {ssl['ari']:.4f}; random init accuracy {random['accuracy']:.4f}, NMI {random['nmi']:.4f}, "
         f"ARI {random['ari']:.4f}")
     if run_dir is not None:
-        try:  # a picture is a bonus: a failure here must not cost the numbers
-            largest_clusters_png(test.images, test.labels, ssl_features, kmeans_result, test.classes,
-                                 Path(run_dir) / "clusters.png",
-                                 title=f"k-means on frozen SSL features of {len(test)} test images: largest clusters, "
-                                       "images nearest the centroid")
-            out["figure"] = "clusters.png"
-        except (RuntimeError, ValueError, OSError) as e:
-            log(f"note: clusters.png skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        out["figure"] = optional_figure("clusters.png", lambda: largest_clusters_png(
+            test.images, test.labels, ssl_features, kmeans_result, test.classes, Path(run_dir) / "clusters.png",
+            title=f"k-means on frozen SSL features of {len(test)} test images: largest clusters, "
+                  "images nearest the centroid"), log)
     return out
 
 

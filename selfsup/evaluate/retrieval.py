@@ -14,7 +14,6 @@ arbitrary but deterministic member of it; the query itself is excluded even when
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 from selfsup.checkpoint import atomic_write
 from selfsup.errors import SelfSupError
-from selfsup.report.figures import as_image
+from selfsup.report.figures import as_image, optional_figure
 
 RIGHT, WRONG, QUERY = "#1a9850", "#d73027", "#222222"  # frame colours: same class, other class, the query
 
@@ -210,17 +209,10 @@ def retrieval(ssl_test: torch.Tensor, random_test: torch.Tensor, test_images: to
            "random_init": {"precision_at": precision_at_k(random_test, test_labels, ks)},
            "queries": pick_queries(test_labels, n_queries, seed).tolist(), "figure": None}
     if run_dir is not None:
-        try:  # a picture is a bonus: a failure here must not cost the numbers
-            queries, k = torch.tensor(out["queries"]), min(k_show, n - 1)
-            retrieval_png(test_images, test_labels, queries, neighbours(ssl_test, queries, k),
-                          neighbours(random_test, queries, k), class_names, Path(run_dir) / "retrieval.png",
-                          title=f"nearest neighbours by cosine similarity among the {n} test images (leave-one-out); "
-                                "green frame: same class as the query, dashed red: another class")
-            out["figure"] = "retrieval.png"
-        except (RuntimeError, ValueError, OSError) as e:
-            note = f"note: retrieval.png skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            if log is not None:
-                log(note)
-            else:
-                warnings.warn(note, stacklevel=2)
+        queries, k = torch.tensor(out["queries"]), min(k_show, n - 1)
+        out["figure"] = optional_figure("retrieval.png", lambda: retrieval_png(
+            test_images, test_labels, queries, neighbours(ssl_test, queries, k), neighbours(random_test, queries, k),
+            class_names, Path(run_dir) / "retrieval.png",
+            title=f"nearest neighbours by cosine similarity among the {n} test images (leave-one-out); "
+                  "green frame: same class as the query, dashed red: another class"), log)
     return out

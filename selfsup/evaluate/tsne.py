@@ -14,7 +14,6 @@ classes, not how good the features are; kNN and the linear probe answer that).
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 from selfsup.checkpoint import atomic_write
 from selfsup.errors import SelfSupError
+from selfsup.report.figures import optional_figure
 
 
 def effective_perplexity(n: int, perplexity: float) -> float:
@@ -175,18 +175,11 @@ def tsne(ssl_test: torch.Tensor, random_test: torch.Tensor, test_labels: torch.T
         out[key] = {"kl_divergence": kl, "knn_2d_top1": knn_2d_top1(xy, labels)}
     out["figure"] = None
     if run_dir is not None:
-        try:  # a picture is a bonus: a failure here must not cost the numbers
-            tsne_png(maps["ssl"], maps["random_init"], labels, class_names, Path(run_dir) / "tsne.png",
-                     title=f"t-SNE of the frozen features of {len(chosen)} test images (L2-normalized, "
-                           f"perplexity {used:.3g}); colour = class, which t-SNE does not see",
-                     panel_notes=tuple(f"2-D 10-NN accuracy {out[key]['knn_2d_top1']:.1%}"
-                                       for key in ("ssl", "random_init")))
-            out["figure"] = "tsne.png"
-        except (RuntimeError, ValueError, OSError) as e:
-            note = f"note: tsne.png skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            if log is not None:
-                log(note)
-            else:
-                warnings.warn(note, stacklevel=2)
+        out["figure"] = optional_figure("tsne.png", lambda: tsne_png(
+            maps["ssl"], maps["random_init"], labels, class_names, Path(run_dir) / "tsne.png",
+            title=f"t-SNE of the frozen features of {len(chosen)} test images (L2-normalized, "
+                  f"perplexity {used:.3g}); colour = class, which t-SNE does not see",
+            panel_notes=tuple(f"2-D 10-NN accuracy {out[key]['knn_2d_top1']:.1%}" for key in ("ssl", "random_init"))),
+            log)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out

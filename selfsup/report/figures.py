@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -78,3 +80,19 @@ def matrix_png(matrix: torch.Tensor, path: str | Path, title: str = "", vmin: fl
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=metadata))
     plt.close(fig)
     return path
+
+
+def optional_figure(name: str, draw: Callable[[], object], log: Callable[[str], None] | None = None) -> str | None:
+    """Draw a picture that accompanies numbers: `name` when draw() succeeded, else None and a one-line note (to
+    `log`, or a warning without one), so that a failed picture (a full disk, a matplotlib error) never costs the
+    numbers it illustrates."""
+    try:
+        draw()
+    except (RuntimeError, ValueError, OSError) as e:
+        note = f"note: {name} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if log is not None:
+            log(note)
+        else:
+            warnings.warn(note, stacklevel=3)
+        return None
+    return name
