@@ -63,8 +63,36 @@ def config_tree(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace, evaluate_after: bool) -> int:
+    """Pretrain (on every process under torchrun), then evaluate on rank 0 alone."""
+    from selfsup import distributed
+
+    try:
+        run_dir, result = _pretrain_from_args(args, evaluate_after)
+        main = distributed.is_main()
+    except BaseException:
+        distributed.teardown(wait=False)  # the others may be inside a step: no barrier to hang on
+        raise
+    distributed.teardown()  # every process leaves together, after rank 0 has written the run
+    if not main:
+        return 130 if result.interrupted else 0
+    if result.interrupted:
+        print(f"interrupted at step {result.steps}; the checkpoint is saved. Continue with:\n"
+              f"  selfsup {args.command} --resume {run_dir}")
+        return 130
+    if evaluate_after:
+        from selfsup.run import evaluate_run
+
+        print("evaluating (frozen features; baselines measured in the same run) ...")
+        evaluate_run(run_dir)
+        print()
+        print((run_dir / "results.md").read_text())
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _pretrain_from_args(args: argparse.Namespace, evaluate_after: bool):
     from selfsup.config import load_config
-    from selfsup.run import evaluate_run, pretrain, read_run_config
+    from selfsup.run import pretrain, read_run_config
 
     if args.resume:
         given = [k for k, v in config_tree(args).items()] + (["set"] if args.set else []) + \
@@ -78,17 +106,7 @@ def cmd_run(args: argparse.Namespace, evaluate_after: bool) -> int:
     else:
         cfg = load_config(config_tree(args), args.set, args.config)
         run_dir, result = pretrain(cfg, out=args.out, progress=not args.no_progress, evaluate_after=evaluate_after)
-    if result.interrupted:
-        print(f"interrupted at step {result.steps}; the checkpoint is saved. Continue with:\n"
-              f"  selfsup {args.command} --resume {run_dir}")
-        return 130
-    if evaluate_after:
-        print("evaluating (frozen features; baselines measured in the same run) ...")
-        evaluate_run(run_dir)
-        print()
-        print((run_dir / "results.md").read_text())
-    print(f"run folder: {run_dir}")
-    return 0
+    return run_dir, result
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

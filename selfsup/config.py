@@ -49,7 +49,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = opt(256, "Images per step (SimCLR: 256-4096; small batches work with a lower temperature).", min=2)
+    batch_size: int = opt(256, "Images per step, over all processes under torchrun (each of N takes batch_size / N), so the learning rate and the run do not change with N (SimCLR: 256-4096; small batches work with a lower temperature).", min=2)
     epochs: float | None = opt(None, "Budget in passes over the data. Exactly one of epochs, steps, minutes is used.", min=0.001)
     steps: int | None = opt(None, "Budget in optimizer steps.", min=1)
     minutes: float | None = opt(5.0, "Budget in wall-clock minutes: the step time is measured and the cosine schedule ends at the budget.", min=0.001)
@@ -67,6 +67,7 @@ class TrainConfig:
     log_every: int = opt(20, "Write a line to metrics.jsonl every N steps.", min=1)
     tensorboard: bool = opt(False, "Also log the training curves to RUN_DIR/tensorboard/ for TensorBoard (needs the optional tensorboard package: pip install -e '.[tensorboard]'); metrics.jsonl is written either way.")
     compile: bool = opt(False, "torch.compile the method (helps on GPU; slow to start on CPU).")
+    sync_batchnorm: bool = opt(True, "Under torchrun: BatchNorm statistics over the global batch of all processes (SimCLR's global BN), so N processes train as one does on the whole batch; false: each process's own (faster on many GPUs; MoCo shuffles its own BN either way).")
     channels_last: bool = opt(True, "Keep conv weights in channels_last memory format (13% faster training here on the CPU; faster on recent GPUs too).")
 
 

@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 import selfsup
+from selfsup import distributed
 from selfsup.checkpoint import atomic_write, export_encoder, load_encoder
 from selfsup.config import Config, EvalConfig, ModelConfig, load_config, to_dict
 from selfsup.data import sources
@@ -254,7 +255,14 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     """Pretrain into a new run folder (or continue the one in resume_dir); exports encoder.safetensors.
 
     evaluate_after: the caller evaluates next, so evaluation settings are checked now, before hours of training.
+    Under torchrun every process calls this: each trains on its share, rank 0 alone logs and writes the run.
     """
+    setup = distributed.setup(cfg.train.device)
+    if setup.device is not None:  # torchrun on GPUs: this process's own device
+        cfg.train.device = str(setup.device)
+    main = distributed.is_main()
+    if not main:
+        log, progress = (lambda *_: None), False
     train_set, _ = load_data(cfg, for_pretraining=True)
     check_config(cfg, train_set, evaluation=evaluate_after and cfg.eval.data is None)
     if evaluate_after and cfg.eval.data is not None:
@@ -263,9 +271,20 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     # Everything that can reject the config runs before the run folder exists, so bad input leaves nothing behind.
     method, _ = build_method(cfg, train_set, views)
     if resume_dir is None:
-        run_dir = new_run_dir(cfg, out)
-        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
-        write_json(run_dir / "env.json", environment(device))
+        made: tuple[str, str | None] = ("", None)  # (run folder, error): rank 0 makes it, the others learn of it
+        if main:
+            try:
+                path = new_run_dir(cfg, out)
+                atomic_write(path / "config.yaml",
+                             lambda tmp: Path(tmp).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+                write_json(path / "env.json", {**environment(device), "processes": distributed.world_size()})
+                made = (str(path), None)
+            except SelfSupError as e:
+                made = ("", str(e))
+        made = distributed.broadcast_object(made)
+        if made[1] is not None:
+            raise SelfSupError(made[1])
+        run_dir = Path(made[0])
     else:
         run_dir = Path(resume_dir)
     log(f"run folder: {run_dir}")
@@ -274,7 +293,12 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
         f"views: {', '.join(getattr(method, 'views').names) if hasattr(method, 'views') else '-'}")
     for note in train_set.notes + backbone_notes(cfg.model, train_set.size) + list(getattr(method, "notes", [])):
         log(f"note: {note}")
+    if (world := distributed.world_size()) > 1:
+        log(f"processes: {world} ({setup.backend}), {cfg.train.batch_size // world} images each of the global batch "
+            f"of {cfg.train.batch_size}")
     result = train(method, train_set.images, cfg.train, run_dir, resume=resume_dir is not None, progress=progress)
+    if not main:
+        return run_dir, result
     width, options = backbone_settings(cfg.model)
     export_encoder(run_dir / "encoder.safetensors", method.backbone, {
         "backbone": cfg.model.backbone, "width": width, "options": options, "in_channels": train_set.channels,

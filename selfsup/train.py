@@ -6,6 +6,10 @@ on_epoch_start hook (re-clustering), except an epoch a resumed run starts in the
 steps or minutes (for minutes the step time is measured and the cosine is planned to end at the budget).
 Checkpoints are atomic and hold every random state, so a resumed run ends with the same weights as one that
 never stopped.
+
+Under torchrun each process takes its share of every global batch, DDP all-reduces the gradients, and rank 0
+alone logs and writes; the processes agree each step on the loss, the budget and whether to checkpoint or stop
+(distributed.py says what makes N processes train as one).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from selfsup import distributed
 from selfsup.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from selfsup.config import TrainConfig
 from selfsup.errors import SelfSupError
@@ -59,11 +64,63 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def check_batch(batch_size: int, n: int) -> None:
-    """A step needs a full batch: one larger than the data is an error with the fix."""
+def check_batch(batch_size: int, n: int, world: int = 1) -> None:
+    """A step needs a full batch, split evenly over the processes: anything else is an error with the fix."""
     if batch_size > n:
         raise SelfSupError(f"train.batch_size={batch_size} is larger than the data ({n} images); "
                            f"use --set train.batch_size={max(2, n // 4)} or more data")
+    if batch_size % world or batch_size // world < 2:
+        fix = max(2 * world, batch_size // world * world)
+        raise SelfSupError(f"train.batch_size={batch_size} is the global batch and must split evenly into at least "
+                           f"2 images for each of the {world} processes; use --set train.batch_size={fix}")
+
+
+def fits_on_device(nbytes: int, free_bytes: int, share: float = 0.25) -> bool:
+    """Whether a data set of nbytes goes to the GPU whole: when it takes at most `share` of the free memory
+    (the rest is for the network, its activations and the views)."""
+    return nbytes <= share * free_bytes
+
+
+class Batches:
+    """Gathers a step's images by row: from the data on the training device, or, for a data set the GPU cannot
+    hold, from pinned host memory into one of two pinned buffers, copied to the device without blocking."""
+
+    def __init__(self, images: torch.Tensor, device: torch.device):
+        self.device = device
+        on_device = device.type != "cuda" or fits_on_device(
+            images.numel() * images.element_size(), torch.cuda.mem_get_info(device)[0])
+        self.images = images.to(device) if on_device else images.pin_memory()
+        self.staging: list[torch.Tensor] = []
+        self.turn = 0
+
+    @property
+    def on_device(self) -> bool:
+        return self.images.device.type == self.device.type
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (B,) rows -> (B, C, H, W) uint8 on the training device."""
+        if self.on_device:
+            return self.images[indices.to(self.images.device)]
+        shape = (len(indices),) + tuple(self.images.shape[1:])
+        if not self.staging or self.staging[0].shape != shape:
+            self.staging = [torch.empty(shape, dtype=self.images.dtype).pin_memory() for _ in range(2)]
+        # Two buffers: the copy from one may still run while the next batch is gathered into the other (the
+        # loop reads the loss every step, so a copy two steps old has finished).
+        buffer = self.staging[self.turn]
+        self.turn ^= 1
+        torch.index_select(self.images, 0, indices.cpu(), out=buffer)
+        return buffer.to(self.device, non_blocking=True)
+
+
+class _StepModule(torch.nn.Module):
+    """The method's step as a forward pass, so DDP (which hooks forward) can all-reduce its gradients."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor, indices: torch.Tensor):
+        return self.method.step_loss(images, indices)
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> torch.Tensor:
@@ -149,14 +206,28 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     n = images.shape[0]
-    check_batch(cfg.batch_size, n)
+    world, rank = distributed.world_size(), distributed.rank()
+    main = rank == 0
+    check_batch(cfg.batch_size, n, world)
+    local_batch = cfg.batch_size // world
     steps_per_epoch = n // cfg.batch_size
-    images = images.to(device)
+    batches = Batches(images, device)
+    images = batches.images  # on the device, or pinned on the host (Batches); on_epoch_start hooks take either
     method.to(device)
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    method.set_generator(generator)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # the views (and, alone, everything random)
+    local_generator = None  # several processes: each one's own draws besides the views (pretext labels, masks)
+    sharded = None
+    if world > 1:
+        if cfg.sync_batchnorm and method.global_batchnorm:
+            distributed.sync_batchnorm(method)
+        local_generator = torch.Generator(device=device).manual_seed(distributed.local_generator_seed(cfg.seed, rank))
+        method.set_generator(local_generator)
+        if hasattr(method, "views"):
+            sharded = method.views = distributed.ShardedViews(method.views, generator)
+    else:
+        method.set_generator(generator)
     peak_lr = cfg.lr * cfg.batch_size / 256
     optimizer = build_optimizer(method, cfg.optimizer, peak_lr, cfg.weight_decay, cfg.momentum)
     budget = Budget.plan(cfg, steps_per_epoch)
@@ -169,28 +240,49 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
         set_rng_state(state["rng"], {"views": generator})
         step, elapsed_before, budget.total_steps = state["step"], state["elapsed"], state["total_steps"]
         budget.warmup = state.get("warmup_steps")
-        _truncate_metrics(metrics_path, step)
-    else:
+        if local_generator is not None:
+            saved = state.get("local_generators") or []
+            if len(saved) == world:  # same number of processes: each continues its own draws exactly
+                local_generator.set_state(saved[rank])
+            else:  # another number: the views continue exactly (shared generator), the rest from a fresh seed
+                local_generator.manual_seed(distributed.local_generator_seed(cfg.seed, rank) + step)
+        if main:
+            _truncate_metrics(metrics_path, step)
+    elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
     dtype = autocast_dtype(cfg.precision, device)
-    loss_fn = torch.compile(method.step_loss) if cfg.compile else method.step_loss
+    step_fn = method.step_loss
+    if world > 1:
+        # forward_sync_buffers=False: buffers (BN statistics, queues, memory banks) start as rank 0's and are then
+        # kept equal by the methods' own collectives instead of a copy from rank 0 every step.
+        # find_unused_parameters: some steps leave parameters out (SwAV's frozen prototypes, a reset classifier).
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_fn = DistributedDataParallel(_StepModule(method), device_ids=[device.index] if device.type == "cuda"
+                                          else None, forward_sync_buffers=False, find_unused_parameters=True)
+    loss_fn = torch.compile(step_fn) if cfg.compile else step_fn
     collapse = getattr(method, "collapse", None)  # joint-embedding methods: a CollapseMonitor (methods/collapse.py)
     # A resumed run drops the events of the steps after its checkpoint (logged, then lost in a crash).
     board = (TensorBoardLog(run_dir / "tensorboard", purge_step=step + 1 if resume else None)
-             if cfg.tensorboard else None)
+             if cfg.tensorboard and main else None)
+    reclusters = type(method).on_epoch_start is not Method.on_epoch_start
 
     def checkpoint(elapsed: float) -> None:
+        local_states = distributed.all_objects(local_generator.get_state()) if local_generator is not None else None
+        if not main:
+            return
         save_checkpoint(run_dir / CHECKPOINT, {
             "method": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "total_steps": budget.total_steps, "warmup_steps": budget.warmup, "elapsed": elapsed,
             "rng": rng_state({"views": generator}),
+            "world_size": world, "local_generators": local_states,
             "format": 1,
         })
 
     method.train()
-    bar = tqdm(total=budget.total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
-               file=sys.stderr, desc="pretrain")
+    bar = tqdm(total=budget.total_steps, initial=step, disable=not (progress and main), unit="step",
+               dynamic_ncols=True, file=sys.stderr, desc="pretrain")
     start = time.perf_counter()
     last_ckpt = start
     window: dict[str, tuple[float, int]] = {}
@@ -206,24 +298,35 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
                 order, order_epoch = epoch_order(n, epoch, cfg.seed).to(device), epoch
                 if pos == 0:  # a run resumed inside an epoch has its start in the checkpoint (Method.on_epoch_start)
                     method.on_epoch_start(epoch, images)
+                    if world > 1 and reclusters:  # every process trains on rank 0's pseudo-labels
+                        for buffer in method.buffers():
+                            distributed.broadcast_(buffer)
             indices = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]  # (B,) rows of the training tensor
-            batch = images[indices]
+            share = slice(rank * local_batch, (rank + 1) * local_batch)  # this process's share (all of it alone)
+            if sharded is not None:
+                sharded.global_batch = batches(indices)
+                batch = sharded.global_batch[share]
+            else:
+                batch = batches(indices[share])
+            indices = indices[share]
             lr = lr_at(step, budget.total_steps, peak_lr, budget.warmup_steps(cfg.warmup_fraction),
                        cfg.min_lr_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss, logs = loss_fn(batch, indices)
-            if not torch.isfinite(loss):
+            # The mean over processes: what is logged, and a non-finite loss stops every process at once.
+            global_loss = distributed.all_reduce_mean(loss.detach().float().clone())
+            if not torch.isfinite(global_loss):
                 # The weights that gave this loss may already be broken: keep the last checkpoint as it is.
-                raise SelfSupError(f"the loss became {loss.item()} at step {step}; start a new run with a lower "
-                                   f"learning rate (--set train.lr={cfg.lr / 3:.3g}) or a higher temperature")
+                raise SelfSupError(f"the loss became {global_loss.item()} at step {step}; start a new run with a "
+                                   f"lower learning rate (--set train.lr={cfg.lr / 3:.3g}) or a higher temperature")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             method.on_step_end(step, budget.total_steps)
-            loss_value = loss.item()
+            loss_value = global_loss.item()
             window_steps += 1
             # Each value averages over the steps of the window that logged it (some are logged only on some steps).
             for k, v in {"loss": loss_value, **logs}.items():
@@ -238,7 +341,19 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
                   and (step in (5, 10, 20) or step % 50 == 0)):
                 budget.replan(step, elapsed, (now - timed_from[1]) / (step - timed_from[0]), cfg.warmup_fraction)
                 bar.total = budget.total_steps
-            if step % cfg.log_every == 0 or step == budget.total_steps:
+            if world > 1:  # rank 0's budget and clock decide; any process's Ctrl-C stops them all
+                due = cfg.checkpoint_minutes and now - last_ckpt > cfg.checkpoint_minutes * 60
+                agreed = torch.tensor([float(stop.requested), float(due) if main else 0.0,
+                                       float(budget.total_steps) if main else 0.0], dtype=torch.float64)
+                agreed = distributed.all_reduce_sum(agreed.to(device)).cpu()  # nccl reduces on the device
+                stopping = bool(agreed[0] > 0)  # not stop.requested: a signal may land after the all-reduce
+                checkpoint_due = bool(agreed[1] > 0)
+                budget.total_steps = int(agreed[2])
+                bar.total = budget.total_steps
+            else:
+                stopping = stop.requested
+                checkpoint_due = bool(cfg.checkpoint_minutes and now - last_ckpt > cfg.checkpoint_minutes * 60)
+            if main and (step % cfg.log_every == 0 or step == budget.total_steps):
                 span = now - window_start
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr,
                        **{k: total / count for k, (total, count) in window.items()},
@@ -254,10 +369,10 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
             rate = bar.format_dict.get("rate") or 0.0
             bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{cfg.batch_size * rate:.0f}", refresh=False)
             bar.update(1)
-            if stop.requested:
+            if stopping:
                 interrupted = True
                 break
-            if cfg.checkpoint_minutes and now - last_ckpt > cfg.checkpoint_minutes * 60:
+            if checkpoint_due:
                 checkpoint(elapsed)
                 last_ckpt = time.perf_counter()
         total_seconds = elapsed_before + time.perf_counter() - start

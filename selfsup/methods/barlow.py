@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from selfsup.config import opt
+from selfsup.distributed import gather
 from selfsup.losses import barlow_twins, standardize
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.collapse import CollapseMonitor
@@ -82,7 +83,8 @@ class BarlowTwins(Method):
         # One pass per view, as in the authors' code: the projector's BatchNorm normalizes each view's batch alone.
         z1 = self.projector(self.backbone(x1))  # z1: B x D
         z2 = self.projector(self.backbone(x2))  # z2: B x D
-        loss, c = barlow_twins(z1, z2, self.lambd)  # c: D x D
+        # Under torchrun C is the cross-correlation of the global batch (every process computes the global loss).
+        loss, c = barlow_twins(gather(z1), gather(z2), self.lambd)  # c: D x D
         c = c.detach()
         self.last_c.copy_(c)
         diag, off_rms = summary(c)

@@ -41,6 +41,9 @@ class Method(nn.Module):
     # True: the training loop calls loss(images, indices), indices (B,) each image's row in the training tensor
     # (NPID's memory bank). False: loss(images).
     uses_indices: ClassVar[bool] = False
+    # False for a method that sets BatchNorm statistics itself (MoCo's shuffling BN): under torchrun its BatchNorm
+    # layers stay per process even with train.sync_batchnorm (distributed.py).
+    global_batchnorm: ClassVar[bool] = True
     notes: list[str]  # lines for the run log: defences that are off, ops skipped on this data, ...
 
     backbone: nn.Module
@@ -95,7 +98,8 @@ class Method(nn.Module):
         """Called by the training loop before the first step of every epoch (re-clustering, new pseudo-labels).
 
         epoch: 0, 1, ... (an epoch is len(images) // batch_size steps); images: all training images (N, C, H, W),
-        uint8, on the training device, rows in the order `indices` refer to. Runs outside autocast with gradients
+        uint8, on the training device (in pinned host memory for a data set too large for the GPU: move chunks
+        with .to(device)), rows in the order `indices` refer to. Runs outside autocast with gradients
         enabled and the method in training mode, which it must leave as it found it. Default: nothing.
 
         Resume: what the hook computes must live in the method's state_dict (buffers), because a run resumed in

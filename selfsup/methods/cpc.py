@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import opt
+from selfsup.distributed import gather, rank
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig, input_stats
 from selfsup.views.recipes import Recipe
@@ -141,6 +142,8 @@ class CPC(Method):
         b = len(x)
         patches, g = cut_patches(x)  # (B * G * G, C, p, p)
         z = self.backbone.net(patches)  # (B * G * G, D): one encoding per patch
+        # Under torchrun the candidates are every patch of the global batch; this process's rows start at `offset`.
+        candidates, offset = gather(z), rank() * len(z)
         d = z.shape[1]
         grid = z.view(b, g, g, d).permute(0, 3, 1, 2)  # (B, D, G, G)
         c = self.context(grid)  # (B, D, G, G), row i from rows <= i
@@ -149,8 +152,8 @@ class CPC(Method):
         for k, w_k in enumerate(self.predictors, start=1):
             pred = w_k(c[:, :, :g - k]).permute(0, 2, 3, 1).reshape(-1, d)  # (B * (G - k) * G, D): z_hat[i + k, j]
             with torch.autocast(z.device.type, enabled=False):
-                logits = pred.float() @ z.float().t()  # logits: B(G - k)G x BGG, every patch of the batch
-            target = index[:, k:].reshape(-1)  # the true patch k rows below
+                logits = pred.float() @ candidates.float().t()  # logits: B(G - k)G x BGG, every patch of the batch
+            target = index[:, k:].reshape(-1) + offset  # the true patch k rows below
             losses.append(F.cross_entropy(logits, target))
             correct += (logits.detach().argmax(dim=1) == target).sum().item()
             total += len(target)

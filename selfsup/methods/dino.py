@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import opt
+from selfsup.distributed import all_reduce_mean
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.collapse import CollapseMonitor
@@ -152,7 +153,8 @@ class DINO(Method):
             teacher = self.teacher_head(self.teacher_backbone(torch.cat(glob)))  # (2B, K)
         t_temp = self.current_teacher_temp()
         loss = dino_loss(student, list(teacher.split(b)), self.center, self.cfg.student_temp, t_temp)
-        self._batch_center = teacher.float().mean(dim=0)  # the centre moves after the step (on_step_end)
+        # The centre moves after the step (on_step_end), by the global batch's mean under torchrun.
+        self._batch_center = all_reduce_mean(teacher.detach().float().mean(dim=0))
         with torch.no_grad():
             p = F.softmax((teacher.float() - self.center) / t_temp, dim=-1)
             entropy = -(p * p.clamp_min(1e-12).log()).sum(dim=-1).mean() / torch.log(torch.tensor(float(p.shape[1])))

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import opt
+from selfsup.distributed import gather, local_rows, world_size
 from selfsup.errors import SelfSupError
 from selfsup.losses import info_nce_logits
 from selfsup.methods.base import Method, MethodConfig
@@ -95,6 +96,7 @@ class MoCo(Method):
     year = 2020
     Config = MoCoConfig
     views_recipe = "moco-v2"
+    global_batchnorm = False  # shuffling BN sets its own statistics, per process (encode_keys)
 
     def __init__(self, backbone: nn.Module, views: Recipe, cfg: MoCoConfig):
         super().__init__()
@@ -118,19 +120,38 @@ class MoCo(Method):
             self.notes.append(f"moco: the queue ({self.cfg.queue_size} keys) spans an epoch or more of the "
                               f"{len(images)} images, so queries meet earlier keys of their own images as negatives")
 
+    def local_groups(self) -> int:
+        """BN groups of this process: bn_groups counts groups of the global batch, split over the processes."""
+        world = world_size()
+        if self.cfg.bn_groups % world:
+            raise SelfSupError(f"moco: method.bn_groups={self.cfg.bn_groups} BN groups cannot be shared by {world} "
+                               f"processes; use --set method.bn_groups={max(1, self.cfg.bn_groups // world) * world}")
+        return self.cfg.bn_groups // world
+
     def encode_queries(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [0, 1] -> queries (B, proj_dim), BN statistics per contiguous block of the batch."""
-        return encode_in_groups(lambda part: self.projector(self.backbone(part)), x, self.cfg.bn_groups)
+        return encode_in_groups(lambda part: self.projector(self.backbone(part)), x, self.local_groups())
 
     @torch.no_grad()
     def encode_keys(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) in [0, 1] -> keys (B, proj_dim) from the key encoder, BN statistics per strided group."""
-        order = strided_order(len(x), self.cfg.bn_groups, x.device)
-        return encode_in_groups(lambda part: self.key_projector(self.key_backbone(part)), x, self.cfg.bn_groups,
-                                order)
+        """x: (B, C, H, W) in [0, 1] -> keys (B, proj_dim) from the key encoder, BN statistics per strided group.
+
+        Under torchrun this is MoCo's shuffling BN across processes: the global batch's key views are put in the
+        strided order, each process encodes its contiguous share of it in its groups, and the keys go back.
+        """
+        key_net = lambda part: self.key_projector(self.key_backbone(part))  # noqa: E731
+        if world_size() == 1:
+            order = strided_order(len(x), self.cfg.bn_groups, x.device)
+            return encode_in_groups(key_net, x, self.cfg.bn_groups, order)
+        everyone = gather(x)  # (global B, C, H, W)
+        order = strided_order(len(everyone), self.cfg.bn_groups, x.device)
+        mine = encode_in_groups(key_net, local_rows(everyone[order]), self.local_groups())
+        keys = torch.empty_like(gathered := gather(mine))
+        keys[order] = gathered  # unshuffle: row order[j] of the global batch is row j of the shuffled keys
+        return local_rows(keys)
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        if len(images) < 2 * self.cfg.bn_groups:
+        if len(images) < 2 * self.local_groups():
             raise SelfSupError(f"moco computes BN statistics in method.bn_groups={self.cfg.bn_groups} groups and "
                                f"needs at least 2 images per group, but the batch has {len(images)}; use "
                                f"--set method.bn_groups={max(1, len(images) // 2)} or a larger batch")
@@ -141,7 +162,7 @@ class MoCo(Method):
         labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)  # the positive is column 0
         loss = F.cross_entropy(logits, labels)  # = info_nce(q, k, queue, tau); the logits also give the accuracy
         # The loss was computed from the queue as it is: it may change only after backward, in on_step_end.
-        self._new_keys = F.normalize(k.float(), dim=1)
+        self._new_keys = F.normalize(gather(k.float()), dim=1)  # the global batch's keys: one queue everywhere
         pretext_acc = (logits.detach().argmax(dim=1) == 0).float().mean().item()  # positive ranked first
         return loss, {"pretext_acc": pretext_acc, **self.collapse.stats(q)}  # z_std, z_rank: see collapse.py
 

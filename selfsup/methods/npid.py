@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import opt
+from selfsup.distributed import gather
 from selfsup.errors import SelfSupError
 from selfsup.evaluate.knn import knn_top1
 from selfsup.losses import npid_nce
@@ -150,7 +151,7 @@ class NPID(Method):
                 negative = f @ bank[noise].t()  # (B, m): v_j . f_i for the m noise draws
                 if cfg.loss == "nce":
                     if torch.isnan(self.log_z):  # Monte Carlo estimate of Z = n E_j[exp(v_j . f / tau)], once
-                        sims = torch.cat([positive[:, None], negative], dim=1).detach() / cfg.temperature
+                        sims = gather(torch.cat([positive[:, None], negative], dim=1).detach()) / cfg.temperature
                         self.log_z.fill_(float(torch.logsumexp(sims.flatten(), 0) - math.log(sims.numel())
                                                + math.log(len(bank))))
                     loss = npid_nce(positive, negative, cfg.temperature, len(bank), self.log_z)
@@ -161,7 +162,7 @@ class NPID(Method):
                 acc = ((positive[:, None] > negative) | own).all(dim=1).float().mean().item()  # own entry first
             if cfg.proximal > 0:
                 loss = loss + cfg.proximal * (f - v).pow(2).sum(dim=1).mean()
-        self._update = (indices, f.detach())
+        self._update = (gather(indices), gather(f.detach()))  # the global batch's rows: one bank on every process
         return loss, {"pretext_acc": acc, **self.collapse.stats(f)}
 
     def on_step_end(self, step: int, total_steps: int) -> None:

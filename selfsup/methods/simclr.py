@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from selfsup.config import opt
+from selfsup.distributed import gather
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.collapse import CollapseMonitor
@@ -50,5 +51,6 @@ class SimCLR(Method):
         # One forward pass over both views: BN statistics then come from 2B images, as in the paper's global BN.
         z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2B, proj_dim)
         z1, z2 = z.chunk(2)
-        loss = nt_xent(z1, z2, self.cfg.temperature)
+        # Under torchrun the negatives are the whole global batch: every process computes the global loss.
+        loss = nt_xent(gather(z1), gather(z2), self.cfg.temperature)
         return loss, self.collapse.stats(z1)  # z_std, z_rank: see methods/collapse.py

@@ -72,6 +72,7 @@ from torch import nn
 
 from selfsup.cluster.sinkhorn import sinkhorn
 from selfsup.config import opt
+from selfsup.distributed import gather, local_rows
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.collapse import CollapseMonitor
@@ -221,11 +222,12 @@ class SwAV(Method):
                 if self.queues and int(self.queue_filled) > 0:
                     queued = self.queues[i].keys[:int(self.queue_filled)]  # (Q, d) filled rows (ring written from 0)
                     extra = queued.to(weight.dtype) @ weight.t()  # (Q, K), scored against today's prototypes
-                codes.append(swav_codes(scores[i].detach(), extra, self.cfg.epsilon,
-                                        self.cfg.sinkhorn_iterations))  # (B, K)
+                # Under torchrun Sinkhorn equipartitions the global batch; each process keeps its rows' codes.
+                codes.append(local_rows(swav_codes(gather(scores[i].detach()), extra, self.cfg.epsilon,
+                                                   self.cfg.sinkhorn_iterations)))  # (B, K)
         loss = swav_loss(scores, codes, self.cfg.temperature)
-        self._to_enqueue = [z[i * b:(i + 1) * b].detach().float() for i in range(2)] if self.queue_active(step) \
-            else None
+        self._to_enqueue = [gather(z[i * b:(i + 1) * b].detach().float()) for i in range(2)] \
+            if self.queue_active(step) else None  # the global batch's embeddings: the same queue on every process
         with torch.no_grad():
             q = torch.cat(codes)  # (2B, K)
             k = q.shape[1]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from selfsup.config import opt
+from selfsup.distributed import gather
 from selfsup.losses import vicreg
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.collapse import CollapseMonitor
@@ -61,6 +62,7 @@ class VICReg(Method):
         z1 = self.projector(self.backbone(x1))  # z1: B x D
         z2 = self.projector(self.backbone(x2))  # z2: B x D
         c = self.cfg
-        loss, terms = vicreg(z1, z2, c.inv_weight, c.var_weight, c.cov_weight, c.gamma)
+        # Under torchrun the variance and covariance are those of the global batch (every process: the global loss).
+        loss, terms = vicreg(gather(z1), gather(z2), c.inv_weight, c.var_weight, c.cov_weight, c.gamma)
         # The unweighted terms: loss = inv_weight * invariance + var_weight * variance + cov_weight * covariance.
         return loss, {**{k: v.item() for k, v in terms.items()}, **self.collapse.stats(z1)}

@@ -1,0 +1,91 @@
+"""What each process of the multi-process tests runs (a module of its own: spawned processes import it by name).
+
+Each process joins a gloo group through a rendezvous file, as torchrun's processes join theirs through the
+environment, builds the same tiny method and trains it with the one training loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from selfsup.config import load_config
+from selfsup.data import sources
+from selfsup.run import build_method
+from selfsup.train import train
+
+N_IMAGES = 96
+
+
+def tiny(method: dict, steps: int, batch_size: int = 16, seed: int = 0, extra_train: dict | None = None):
+    """(config, images, method) of a tiny run on synthetic data, the same in every process."""
+    cfg = load_config({"data": {"name": "synthetic"}, "model": {"width": 4}, "method": method,
+                       "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "optimizer": "sgd",
+                                 "lr": 0.1, "log_every": 1, "device": "cpu", **(extra_train or {})}})
+    data = sources.load("synthetic", "train", n=N_IMAGES, seed=0, channels=1)
+    torch.manual_seed(seed)
+    built, _ = build_method(cfg, data)
+    return cfg, data.images, built
+
+
+def stop_after(method, k: int) -> None:
+    """A Ctrl-C on this process at the end of step k."""
+    original = method.on_step_end
+
+    def hook(step, total):
+        original(step, total)
+        if step == k:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    method.on_step_end = hook
+
+
+@contextlib.contextmanager
+def in_float64(method):
+    """The method and its views in float64 while the block runs, so that two ways of summing the same numbers
+    agree to ~1e-12 and a comparison of N processes with one is not lost in float32 rounding, which BatchNorm over
+    channels of tiny variance amplifies step after step (measured: nudging one weight of a one-process run by
+    1e-7 changed its loss by 4e-4 within three steps). The views' class is restored afterwards."""
+    from selfsup.views.recipes import Recipe
+
+    method.double()
+    call = Recipe.__call__
+    Recipe.__call__ = lambda self, images, generator: [v.double() for v in call(self, images, generator)]
+    try:
+        yield
+    finally:
+        Recipe.__call__ = call
+
+
+def train_once(method_cfg: dict, steps: int, out: str, resume: bool = False, stop: int | None = None,
+               extra_train: dict | None = None) -> dict:
+    """Train (or resume) the tiny run in `out`, in float64; returns {"steps", "interrupted", "weights"}."""
+    torch.set_num_threads(1)
+    cfg, images, method = tiny(method_cfg, steps, extra_train=extra_train)
+    if stop is not None and (not dist.is_initialized() or dist.get_rank() == 0):
+        stop_after(method, stop)
+    with in_float64(method):
+        result = train(method, images, cfg.train, Path(out), resume=resume, progress=False)
+    return {"steps": result.steps, "interrupted": result.interrupted,
+            "weights": {k: v.detach().clone() for k, v in method.state_dict().items()}}
+
+
+def worker(rank: int, world: int, rendezvous: str, method_cfg: dict, steps: int, out: str, resume: bool,
+           stop: int | None, extra_train: dict | None) -> None:
+    """One process of `world`: join the group, train, and (rank 0) save what it ended with for the test."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        got = train_once(method_cfg, steps, out, resume=resume, stop=stop, extra_train=extra_train)
+        if rank == 0:
+            torch.save(got, Path(out) / "rank0.pt")
+        else:
+            Path(out, f"rank{rank}.json").write_text(json.dumps({"steps": got["steps"],
+                                                                 "interrupted": got["interrupted"]}))
+    finally:
+        dist.destroy_process_group()
