@@ -298,9 +298,10 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
                 order, order_epoch = epoch_order(n, epoch, cfg.seed).to(device), epoch
                 if pos == 0:  # a run resumed inside an epoch has its start in the checkpoint (Method.on_epoch_start)
                     method.on_epoch_start(epoch, images)
-                    if world > 1 and reclusters:  # every process trains on rank 0's pseudo-labels
-                        for buffer in method.buffers():
-                            distributed.broadcast_(buffer)
+                    if world > 1 and reclusters:  # rank 0's pseudo-labels and freshly reset heads everywhere
+                        with torch.no_grad():
+                            for tensor in method.state_dict().values():
+                                distributed.broadcast_(tensor)
             indices = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]  # (B,) rows of the training tensor
             share = slice(rank * local_batch, (rank + 1) * local_batch)  # this process's share (all of it alone)
             if sharded is not None:

@@ -7,7 +7,6 @@ environment, builds the same tiny method and trains it with the one training loo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 from pathlib import Path
@@ -64,28 +63,26 @@ def in_float64(method):
 
 
 def train_once(method_cfg: dict, steps: int, out: str, resume: bool = False, stop: int | None = None,
-               extra_train: dict | None = None) -> dict:
-    """Train (or resume) the tiny run in `out`, in float64; returns {"steps", "interrupted", "weights"}."""
+               extra_train: dict | None = None, float64: bool = True) -> dict:
+    """Train (or resume) the tiny run in `out` (in float64 unless told); returns {"steps", "interrupted",
+    "weights"}."""
     torch.set_num_threads(1)
     cfg, images, method = tiny(method_cfg, steps, extra_train=extra_train)
     if stop is not None and (not dist.is_initialized() or dist.get_rank() == 0):
         stop_after(method, stop)
-    with in_float64(method):
+    with in_float64(method) if float64 else contextlib.nullcontext():
         result = train(method, images, cfg.train, Path(out), resume=resume, progress=False)
     return {"steps": result.steps, "interrupted": result.interrupted,
             "weights": {k: v.detach().clone() for k, v in method.state_dict().items()}}
 
 
 def worker(rank: int, world: int, rendezvous: str, method_cfg: dict, steps: int, out: str, resume: bool,
-           stop: int | None, extra_train: dict | None) -> None:
-    """One process of `world`: join the group, train, and (rank 0) save what it ended with for the test."""
+           stop: int | None, extra_train: dict | None, float64: bool = True) -> None:
+    """One process of `world`: join the group, train, and save what it ended with for the test."""
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
-        got = train_once(method_cfg, steps, out, resume=resume, stop=stop, extra_train=extra_train)
-        if rank == 0:
-            torch.save(got, Path(out) / "rank0.pt")
-        else:
-            Path(out, f"rank{rank}.json").write_text(json.dumps({"steps": got["steps"],
-                                                                 "interrupted": got["interrupted"]}))
+        got = train_once(method_cfg, steps, out, resume=resume, stop=stop, extra_train=extra_train,
+                         float64=float64)
+        torch.save(got, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
