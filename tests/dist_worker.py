@@ -24,10 +24,14 @@ N_IMAGES = 96
 
 def tiny(method: dict, steps: int, batch_size: int = 16, seed: int = 0, extra_train: dict | None = None):
     """(config, images, method) of a tiny run on synthetic data, the same in every process."""
-    cfg = load_config({"data": {"name": "synthetic"}, "model": {"width": 4}, "method": method,
+    from selfsup.methods import METHODS
+
+    needs = METHODS[method["name"]].requires_backbone  # MAE: a one-block vit-tiny
+    model = {"backbone": needs, "width": 4, "depth": 1} if needs else {"width": 4}
+    cfg = load_config({"data": {"name": "synthetic"}, "model": model, "method": method,
                        "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "optimizer": "sgd",
                                  "lr": 0.1, "log_every": 1, "device": "cpu", **(extra_train or {})}})
-    data = sources.load("synthetic", "train", n=N_IMAGES, seed=0, channels=1)
+    data = sources.load("synthetic", "train", n=N_IMAGES, seed=0, channels=METHODS[method["name"]].min_channels)
     torch.manual_seed(seed)
     built, _ = build_method(cfg, data)
     return cfg, data.images, built
@@ -78,11 +82,17 @@ def train_once(method_cfg: dict, steps: int, out: str, resume: bool = False, sto
 
 def worker(rank: int, world: int, rendezvous: str, method_cfg: dict, steps: int, out: str, resume: bool,
            stop: int | None, extra_train: dict | None, float64: bool = True) -> None:
-    """One process of `world`: join the group, train, and save what it ended with for the test."""
+    """One process of `world`: join the group, train, and save what it ended with for the test.
+
+    method_cfg: one method's config, or a list of them, trained one after the other into out/NAME (one start-up
+    of the processes for many methods)."""
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
-        got = train_once(method_cfg, steps, out, resume=resume, stop=stop, extra_train=extra_train,
-                         float64=float64)
-        torch.save(got, Path(out) / f"rank{rank}.pt")
+        for one in method_cfg if isinstance(method_cfg, list) else [method_cfg]:
+            where = Path(out) / one["name"] if isinstance(method_cfg, list) else Path(out)
+            where.mkdir(parents=True, exist_ok=True)
+            got = train_once(one, steps, str(where), resume=resume, stop=stop, extra_train=extra_train,
+                             float64=float64)
+            torch.save(got, where / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
