@@ -68,6 +68,10 @@ def setup(device_name: str = "auto", timeout_minutes: float = 30.0) -> Setup:
     """Join the process group torchrun described in the environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR,
     MASTER_PORT); nothing without torchrun. Backend nccl when this process trains on a CUDA device, else gloo.
     """
+    if dist.is_available() and dist.is_initialized():  # joined already (by torchrun's first call, or the caller)
+        return Setup(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")),
+                     dist.get_backend(), torch.device("cuda", torch.cuda.current_device())
+                     if dist.get_backend() == "nccl" else None)
     if not launched_by_torchrun():
         return Setup(1, 0, 0, None, None)
     world, rank_, local = (int(os.environ[k]) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
@@ -84,9 +88,8 @@ def setup(device_name: str = "auto", timeout_minutes: float = 30.0) -> Setup:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if use_cuda else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes),
-                                **({"device_id": device} if device is not None else {}))
+    dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes),
+                            **({"device_id": device} if device is not None else {}))
     return Setup(world, rank_, local, backend, device)
 
 
@@ -96,11 +99,6 @@ def teardown(wait: bool = True) -> None:
         if wait and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if active():
-        dist.barrier()
 
 
 def broadcast_object(obj):

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from selfsup import distributed
 from selfsup.config import load_config
 from selfsup.data import sources
 from selfsup.run import build_method
@@ -88,6 +89,8 @@ def worker(rank: int, world: int, rendezvous: str, method_cfg: dict, steps: int,
     of the processes for many methods)."""
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
+        joined = distributed.setup("cpu")  # a group the caller made is taken as it is
+        assert (joined.world_size, joined.rank, joined.backend) == (world, rank, "gloo"), joined
         for one in method_cfg if isinstance(method_cfg, list) else [method_cfg]:
             where = Path(out) / one["name"] if isinstance(method_cfg, list) else Path(out)
             where.mkdir(parents=True, exist_ok=True)
