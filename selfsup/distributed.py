@@ -119,6 +119,14 @@ def all_objects(obj) -> list:
     return out
 
 
+def _all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(n, ...) of every process -> (world * n, ...) in rank order, no gradient."""
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts)
+
+
 class _Gather(torch.autograd.Function):
     """all_gather whose backward hands each process the gradient of its own rows, summed over the processes.
 
@@ -129,11 +137,8 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x)
         ctx.rows = x.shape[0]
-        return torch.cat(parts)
+        return _all_gather_rows(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -151,9 +156,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     if not active():
         return x
     if not x.requires_grad or not torch.is_grad_enabled():
-        parts = [torch.empty_like(x.contiguous()) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
+        return _all_gather_rows(x)
     return _Gather.apply(x)
 
 
@@ -167,13 +170,14 @@ def local_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over processes, in place, no gradient (statistics: DINO's centre, Sinkhorn marginals)."""
+    """Sum over processes, in place, no gradient (the training loop's per-step agreement)."""
     if active():
         dist.all_reduce(x)
     return x
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over processes, in place, no gradient (the logged loss, DINO's centre)."""
     if active():
         dist.all_reduce(x)
         x /= dist.get_world_size()
@@ -204,10 +208,6 @@ class _Sum(torch.autograd.Function):
         return grad
 
 
-def _sum_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _Sum.apply(x)
-
-
 class GlobalBatchNorm(_BatchNorm):
     """BatchNorm over the global batch of all processes, on any device (torch's SyncBatchNorm runs on GPUs only).
 
@@ -227,10 +227,10 @@ class GlobalBatchNorm(_BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in float32 at least
         n = x.numel() // x.shape[1] * dist.get_world_size()  # every process holds the same number of rows
-        mean = _sum_with_grad(xf.sum(dims)) / n  # (C,)
+        mean = _Sum.apply(xf.sum(dims)) / n  # (C,)
         shape = [1, -1] + [1] * (x.dim() - 2)
         centred = xf - mean.view(shape)
-        var = _sum_with_grad(centred.pow(2).sum(dims)) / n  # (C,), biased: what normalizes the batch
+        var = _Sum.apply(centred.pow(2).sum(dims)) / n  # (C,), biased: what normalizes the batch
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)

@@ -25,11 +25,11 @@ N_IMAGES = 96
 
 def tiny(method: dict, steps: int, batch_size: int = 16, seed: int = 0, extra_train: dict | None = None):
     """(config, images, method) of a tiny run on synthetic data, the same in every process."""
+    from test_methods import tiny_model  # the registry test's tiny backbones (MAE: a one-block vit-tiny)
+
     from selfsup.methods import METHODS
 
-    needs = METHODS[method["name"]].requires_backbone  # MAE: a one-block vit-tiny
-    model = {"backbone": needs, "width": 4, "depth": 1} if needs else {"width": 4}
-    cfg = load_config({"data": {"name": "synthetic"}, "model": model, "method": method,
+    cfg = load_config({"data": {"name": "synthetic"}, "model": tiny_model(method["name"]), "method": method,
                        "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "optimizer": "sgd",
                                  "lr": 0.1, "log_every": 1, "device": "cpu", **(extra_train or {})}})
     data = sources.load("synthetic", "train", n=N_IMAGES, seed=0, channels=METHODS[method["name"]].min_channels)
