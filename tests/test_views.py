@@ -258,6 +258,11 @@ def test_blur_matches_torchvision():
         y = ops.blur(x, sigmas, k)
         for i in range(len(x)):
             close(y[i], TF.gaussian_blur(x[i], [k, k], [sigmas[i].item()] * 2), 1e-5)
+    # Not square, and a kernel whose reflect padding reaches the far side of the shorter edge.
+    x = images(b=4, h=6, w=10)
+    y = ops.blur(x, sigmas, 11)
+    for i in range(len(x)):
+        close(y[i], TF.gaussian_blur(x[i], [11, 11], [sigmas[i].item()] * 2), 1e-5)
 
 
 def test_rotation_solarize_and_erase_match_torchvision():
