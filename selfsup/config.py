@@ -36,6 +36,7 @@ class DataConfig:
     image_size: int = opt(32, "Side in pixels that folder images are resized to, or of each crop with crops_per_image (named sources keep their own size).", min=8)
     synthetic_size: int = opt(6000, "Number of training images the synthetic source generates (test: a sixth of it).", min=10)
     crops_per_image: int | None = opt(None, "Image folders: cut this many seeded random crops of image_size px from every photo instead of resizing the whole photo (for a personal collection of large photos). A flat folder then labels each crop with its photo. None: one resized image per file.", min=1)
+    validation: float | None = opt(None, "Hold out this fraction of the training images (class-stratified, the same images whatever train.seed) and use them in place of the test split, for pretraining and evaluation alike, e.g. 0.1667 (10000 of Fashion-MNIST's 60000): settings are chosen on the validation images, never on the test split (docs/tuning.md). Results then name the validation split. None: evaluate on the test split.", min=1e-6, max=0.999)
     crop_scale: int | None = opt(None, "With crops_per_image: the short side in pixels each photo is resized to before cutting, so a crop spans image_size / crop_scale of it. None: 4 x image_size (a crop spans a quarter of the short side).", min=8)
 
 

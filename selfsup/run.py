@@ -32,6 +32,7 @@ from selfsup.evaluate.protocol import PROTOCOLS, evaluate
 from selfsup.methods import METHODS, Method
 from selfsup.nets.backbones import build_backbone, default_width, resolved_options
 from selfsup.nets.encoders import adapt_channels
+from selfsup.report.html import split_name
 from selfsup.train import TrainResult, check_batch, resolve_device, train
 from selfsup.views.recipes import Recipe, build as build_views
 
@@ -40,12 +41,17 @@ from selfsup.views.recipes import Recipe, build as build_views
 PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
 
 
+# The seed of the validation hold-out: fixed, so runs with different train.seed are scored on the same images.
+VALIDATION_SEED = 0
+
+
 def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, ImageSet | None]:
     """(train, test) for the run; with for_pretraining, (images to pretrain on, None).
 
     train is limited to data.limit images (a seeded choice); a folder has no test split, so a stratified fifth of
     it is held out (and left out of pretraining too); crops of one photo stay on one side unless the label is the
-    photo itself (see splits.holdout).
+    photo itself (see splits.holdout). With data.validation, that fraction of the training images is held out
+    (the same images for every seed) and returned as the test split, and the real test split is not read.
     """
     d = cfg.data
     options = {"n": d.synthetic_size} if d.name == "synthetic" else {}
@@ -63,12 +69,16 @@ def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, Ima
     test = None
     if is_folder:
         train, test = holdout(train, 0.2, cfg.train.seed)
-    elif not for_pretraining:
+    if d.validation is not None:
+        if split == "train":
+            # The validation images stand in for the test split: left out of pretraining like test images are.
+            train, test = holdout(train, d.validation, VALIDATION_SEED)
+    elif not is_folder and not for_pretraining:
         test = sources.load(d.name, "test", image_size=d.image_size, seed=cfg.train.seed,
                             **({"n": max(10, d.synthetic_size // 6)} if options else {}))
     if d.limit is not None:
         train = seeded_subset(train, d.limit, cfg.train.seed)
-    return train, test
+    return train, None if for_pretraining else test
 
 
 def load_eval_data(cfg: Config) -> tuple[ImageSet, ImageSet]:
@@ -396,6 +406,8 @@ def evaluate_run(run_dir: str | Path, labels: int | None = None, protocols: list
     result = evaluate(backbone, fresh, train_set, test_set, cfg.eval, cfg.train.seed, device, run_dir, log,
                       encoder_file=encoder)
     result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    if cfg.data.validation is not None and "data" in result:
+        result["data"]["split"] = "validation"
     if merge and (run_dir / "eval.json").is_file():
         # A subset of protocols adds to what earlier evaluations measured instead of erasing it.
         previous = json.loads((run_dir / "eval.json").read_text())
@@ -512,7 +524,7 @@ def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
         f"{cfg.method.name}"
         + (f" pretrained on {cfg.data.name}, evaluated" if cfg.eval.data not in (None, cfg.data.name) else "")
         + f" on {result['data']['name']} ({result['data']['train']} training images, "
-        f"{result['data']['test']} test images), backbone {cfg.model.backbone}, seed {cfg.train.seed}"
+        f"{result['data']['test']} {split_name(result)} images), backbone {cfg.model.backbone}, seed {cfg.train.seed}"
         + (f", pretrained {train_info['steps']} steps in {train_info['seconds'] / 60:.1f} min" if train_info else "")
         + ".",
         "",
@@ -525,7 +537,7 @@ def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
         f"{_pct(few.get('random_init'))} | {_clusters(cluster.get('random_init', {}))} |",
         f"| supervised from scratch on the {n} labels | — | — | {_pct(few.get('supervised_scratch'))} | — |",
         "",
-        "Accuracies are top-1 on the test split. Frozen rows use the same linear probe (L-BFGS logistic regression, "
+        f"Accuracies are top-1 on the {split_name(result)} split. Frozen rows use the same linear probe (L-BFGS logistic regression, "
         "weight decay chosen on the training labels only: 5-fold cross-validation under 5000 labels, a held-out "
         "tenth otherwise).",
         "",

@@ -38,6 +38,7 @@ def test_a_later_budget_replaces_an_earlier_one(tmp_path):
     (["views.color.strenght=1"], "unknown config key 'views.color.strenght'"),
     (["views.color=3"], "config section 'views.color' must be a mapping"),
     (["views.blur.p=2"], "must be <= 1"),
+    (["data.validation=1"], "must be <= 0.999"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(SelfSupError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -68,3 +68,47 @@ def test_flat_folder_pretrains_and_says_why_it_cannot_evaluate(tmp_path, monkeyp
     assert json.loads((run_dir / "eval.json").read_text())["skipped"] == "no labels"
     assert "sub-folder per class" in said[0]
     assert "skipped" in (run_dir / "results.md").read_text()
+
+
+def test_validation_split_stands_in_for_the_test_split(tmp_path, monkeypatch):
+    """data.validation holds out the same training images whatever the seed, keeps them out of pretraining, never
+    reads the test split, and every result names the validation split."""
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    base = {"data": {"name": "synthetic", "synthetic_size": 120, "validation": 0.25}, "model": {"width": 4}}
+    full, _ = load_data(load_config({"data": {"name": "synthetic", "synthetic_size": 120}}))
+    key = {bytes(img.numpy().tobytes()): i for i, img in enumerate(full.images)}
+    # The synthetic source draws its images from train.seed; here the same images come for every seed, so the test
+    # sees whether the hold-out itself depends on the seed. The test split is never read.
+    loaded = []
+
+    def fixed(name, split, **options):
+        loaded.append(split)
+        return full
+
+    monkeypatch.setattr(sources, "load", fixed)
+
+    def indices(images):
+        return {key[bytes(img.numpy().tobytes())] for img in images.images}
+
+    split = {}
+    for seed in (0, 1):
+        cfg = load_config({**base, "train": {"seed": seed}})
+        train, val = load_data(cfg)
+        pretrain_set, none = load_data(cfg, for_pretraining=True)
+        assert none is None and len(train) + len(val) == len(full) and len(val) == 30
+        assert indices(train).isdisjoint(indices(val)) and indices(pretrain_set) == indices(train)
+        assert torch.bincount(val.labels).tolist() == torch.bincount(full.labels).div(4).round().long().tolist()
+        split[seed] = indices(val)
+    assert split[0] == split[1] and "test" not in loaded
+    monkeypatch.undo()
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+
+    cfg = load_config({**base, "train": {"steps": 2, "batch_size": 8, "device": "cpu"},
+                       "eval": {"labels": 10, "scratch_epochs": 1, "protocols": ["knn", "few-label"]}})
+    run_dir, _ = pretrain(cfg, out=tmp_path / "run", progress=False, log=lambda _: None)
+    evaluate_run(run_dir, log=lambda _: None)
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation["data"]["split"] == "validation" and evaluation["data"]["test"] == 30
+    assert "on the validation split" in (run_dir / "results.md").read_text()
+    assert "test split" not in (run_dir / "results.md").read_text()
+    assert "on the validation split" in (run_dir / "report.html").read_text()

@@ -111,6 +111,11 @@ def as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def split_name(ev: dict) -> str:
+    """The split an eval.json scored on: 'validation' (data.validation, held-out training images) or 'test'."""
+    return str(as_dict(as_dict(ev).get("data")).get("split", "test"))
+
+
 def code(text: str) -> str:
     return f"<code>{escape(text)}</code>"
 
@@ -200,7 +205,7 @@ def headline(run: RunFolder) -> str:
     n = few.get("labels", run.get("eval", "labels", "N"))
     method = escape(str(run.get("method", "name", "SSL")))
     text = (f"With {escape(str(n))} labels, a linear probe on the frozen {method}"
-            f" features reaches <strong>{pct(ssl)}</strong> on the test split")
+            f" features reaches <strong>{pct(ssl)}</strong> on the {escape(split_name(ev))} split")
     parts = []
     if curves.is_number(rnd):
         parts.append(f"<strong>{points(ssl, rnd)}</strong> against random-init features ({pct(rnd)})")
@@ -232,7 +237,8 @@ def summary_section(run: RunFolder) -> str:
     evaluated_on = as_dict(ev.get("data"))
     if evaluated_on:
         pairs.append(("evaluation data", escape(f"{evaluated_on.get('name', '?')}: {evaluated_on.get('train', '?')} "
-                                                f"training, {evaluated_on.get('test', '?')} test images, "
+                                                f"training, {evaluated_on.get('test', '?')} "
+                                                f"{split_name(ev)} images, "
                                                 f"{evaluated_on.get('classes', '?')} classes")))
     if train:
         minutes = train.get("seconds")
@@ -266,7 +272,7 @@ def main_table(run: RunFolder) -> str:
              number(cl_rnd.get("ari"))],
             [escape(f"supervised from scratch on the {n} labels"), "—", "—", pct(few.get("supervised_scratch")),
              "—", "—", "—"]]
-    notes = ["Accuracies are top-1 on the test split. Frozen rows use the same linear probe (L-BFGS logistic "
+    notes = [f"Accuracies are top-1 on the {escape(split_name(ev))} split. Frozen rows use the same linear probe (L-BFGS logistic "
              "regression, weight decay chosen on the training labels only)."]
     if knn and "random_init_top1" not in knn:
         notes.append("Random-init kNN and all-label probe not measured (about a minute more): "
