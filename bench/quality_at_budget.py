@@ -1,7 +1,17 @@
-"""Quality at a CPU budget: SimCLR on Fashion-MNIST for --minutes, seeds 0-2, the few-label rows with both baselines.
+"""Quality at a CPU budget: few-label and linear accuracy after 2, 5, 15 and 30 minutes of pretraining, for a
+selfsup recipe and for lightly's SimCLR recipe, run by this one script on the same data, backbone and batch size.
 
-    python bench/quality_at_budget.py --minutes 15 --seeds 0 1 2
-Writes its table into docs/benchmarks.md (section quality-at-budget).
+    python bench/quality_at_budget.py --budgets 2 5 15 30 --seeds 0 1 2
+    python bench/quality_at_budget.py --config configs/fast-cpu.yaml --name fast-cpu --budgets 5 --seeds 0
+    python bench/quality_at_budget.py --validation 0.1667 --set method.temperature=0.1 --name t0.1 --peers none
+
+Each (recipe, budget, seed) pretrains for the budget (wall clock, on an otherwise idle machine), then the frozen
+backbone is evaluated with selfsup's protocol (kNN, linear probe on all labels, few-label with its random-init and
+from-scratch baselines); evaluation time is reported, not counted in the budget. Results are kept in
+bench/results/quality/ (in git, a few hundred bytes each), so the table and the curve grow over sessions; a
+recorded (recipe, budget, seed) is not run again. --validation scores on held-out training images instead of
+the test split (data.validation): for choosing settings; those rows go to their own section and curve.
+Writes docs/benchmarks.md (section quality-at-budget-DATA[-validation]) and docs/images/quality-at-budget-DATA.png.
 """
 
 from __future__ import annotations
@@ -10,76 +20,231 @@ import argparse
 import json
 import statistics
 import sys
+import time
+from datetime import date
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_section  # noqa: E402
 
 from selfsup.config import load_config  # noqa: E402
-from selfsup.run import evaluate_run, pretrain  # noqa: E402
+from selfsup.evaluate.protocol import evaluate  # noqa: E402
+from selfsup.nets.backbones import build_backbone, channel_stats  # noqa: E402
+from selfsup.run import backbone_settings, evaluate_run, load_data, pretrain  # noqa: E402
+from selfsup.train import resolve_device  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "quality"
+PROTOCOLS = ["knn", "linear", "few-label"]
 
 
-def mean_std(values: list[float | None]) -> str:
-    if any(v is None for v in values):
-        return "—"
-    pct = [100 * v for v in values]
+def record_path(results: Path, name: str, data: str, budget: float, seed: int, validation: float | None) -> Path:
+    split = f"-val{validation:g}" if validation else ""
+    return Path(results) / f"{name}-{data}-{budget:g}min-seed{seed}{split}.json"
+
+
+def summary(result: dict) -> dict:
+    few = result["few_label"]
+    return {"knn": result["knn"]["top1"], "linear": result["linear"]["top1"], "few_label": few["ssl"],
+            "random_init": few["random_init"], "scratch": few["supervised_scratch"], "labels": few["labels"],
+            "eval_seconds": result["seconds"].get("total")}
+
+
+def run_selfsup(args, budget: float, seed: int, log=print) -> dict:
+    """Our recipe: `selfsup pretrain` then `selfsup eval` of the run folder, as a user would."""
+    overrides = [f"train.minutes={budget:g}", f"train.seed={seed}", f"eval.protocols=[{','.join(PROTOCOLS)}]",
+                 *args.set]
+    if args.validation:
+        overrides.append(f"data.validation={args.validation:g}")
+    cfg = load_config({"data": {"name": args.data}}, overrides, file=args.config)
+    out = Path(args.out) / record_path(args.results, args.name, args.data, budget, seed, args.validation).stem
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    run_dir, _ = pretrain(cfg, out=out, progress=False, log=log, evaluate_after=True)
+    t0 = time.perf_counter()
+    result = evaluate_run(run_dir, log=log)
+    result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    train = json.loads((run_dir / "train.json").read_text())
+    width, _ = backbone_settings(cfg.model)
+    return {"steps": train["steps"], "images_per_s": train["images_per_s"], "seconds": train["seconds"],
+            "backbone": f"{cfg.model.backbone} width {width}", "batch": cfg.train.batch_size,
+            "settings": " ".join([f"--config {args.config}"] * bool(args.config) + list(args.set)) or "defaults",
+            **summary(result)}
+
+
+def run_lightly(args, budget: float, seed: int, log=print) -> dict:
+    """lightly's SimCLR recipe on our backbone (the one --config/--set choose), evaluated by our protocol."""
+    from peers import train_lightly_simclr
+
+    overrides = [f"train.seed={seed}", f"eval.protocols=[{','.join(PROTOCOLS)}]", *args.set]
+    if args.validation:
+        overrides.append(f"data.validation={args.validation:g}")
+    cfg = load_config({"data": {"name": args.data}}, overrides, file=args.config)
+    pretrain_set, _ = load_data(cfg, for_pretraining=True)
+    train, test = load_data(cfg)
+    width, options = backbone_settings(cfg.model)
+    net, trained = train_lightly_simclr(pretrain_set.images, cfg.model.backbone, cfg.train.batch_size, budget, seed,
+                                       width=width, log=log)
+    mean, std = channel_stats(pretrain_set.images)
+
+    def fresh():
+        return build_backbone(cfg.model.backbone, pretrain_set.channels, width, mean=mean, std=std, **options)
+
+    t0 = time.perf_counter()
+    result = evaluate(net, fresh, train, test, cfg.eval, seed, resolve_device(cfg.train.device), log=log)
+    result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    return {**trained, "backbone": f"{cfg.model.backbone} width {width}", "batch": cfg.train.batch_size,
+            **summary(result)}
+
+
+def records(results: Path, data: str, validation: float | None) -> list[dict]:
+    split = f"-val{validation:g}" if validation else ""
+    found = []
+    for path in sorted(Path(results).glob(f"*-{data}-*min-seed*{split}.json")):
+        rec = json.loads(path.read_text())
+        if rec["data"] == data and rec.get("validation") == validation:
+            found.append(rec)
+    return found
+
+
+def mean_std(values: list[float], scale: float = 100) -> str:
+    pct = [scale * v for v in values]
     if len(pct) == 1:
         return f"{pct[0]:.1f}"
     return f"{statistics.mean(pct):.1f} ± {statistics.stdev(pct):.1f}"
 
 
+def groups(recs: list[dict]) -> dict[tuple[str, float], list[dict]]:
+    out: dict[tuple[str, float], list[dict]] = {}
+    for rec in recs:
+        out.setdefault((rec["name"], rec["budget"]), []).append(rec)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1])))
+
+
+def table(recs: list[dict], data: str, validation: float | None) -> str:
+    split = "validation images (held-out training images)" if validation else "test split"
+    lines = [f"Pretraining for each budget on {data} (wall clock on this machine), then the frozen backbone "
+             f"evaluated by selfsup's protocol on the {split}; mean ± std over seeds, top-1 %. Both baselines are "
+             "measured inside each run; evaluation time is not part of the budget.", "",
+             "| recipe | minutes | seeds | steps | images/s | kNN | linear, all labels | few-label SSL | few-label "
+             "random init | few-label scratch | SSL − random init | SSL − scratch | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, budget), rs in groups(recs).items():
+        over_random = [r["few_label"] - r["random_init"] for r in rs]
+        over_scratch = [r["few_label"] - r["scratch"] for r in rs]
+        lines.append(
+            f"| {name} | {budget:g} | {','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
+            f"{round(statistics.mean(r['steps'] for r in rs))} | {statistics.mean(r['images_per_s'] for r in rs):.0f} | "
+            f"{mean_std([r['knn'] for r in rs])} | {mean_std([r['linear'] for r in rs])} | "
+            f"{mean_std([r['few_label'] for r in rs])} | {mean_std([r['random_init'] for r in rs])} | "
+            f"{mean_std([r['scratch'] for r in rs])} | {100 * statistics.mean(over_random):+.1f} | "
+            f"{100 * statistics.mean(over_scratch):+.1f} | "
+            f"{statistics.mean(r['eval_seconds'] or 0 for r in rs):.0f} |")
+    seen: dict[str, dict] = {}
+    for rec in recs:
+        seen.setdefault(rec["name"], rec)
+    lines += ["", "Recipes: " + "; ".join(f"**{n}**: {r['backbone']}, batch {r['batch']}, {r['settings']}"
+                                          for n, r in seen.items()) + "."]
+    notes = sorted({r["note"] for r in recs if r.get("note")})
+    if notes:
+        lines += ["", "Notes: " + " ".join(notes)]
+    return "\n".join(lines)
+
+
+def curve_png(recs: list[dict], data: str, validation: float | None, path: Path) -> None:
+    """Few-label and all-label linear accuracy against CPU-minutes, one line per recipe, with each recipe's
+    random-init and from-scratch few-label baselines as flat dashed lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    by_name: dict[str, dict[float, list[dict]]] = {}
+    for (name, budget), rs in groups(recs).items():
+        by_name.setdefault(name, {})[budget] = rs
+    for i, (name, points) in enumerate(by_name.items()):
+        colour = f"C{i}"
+        budgets = sorted(points)
+        for ax, key in zip(axes, ("few_label", "linear")):
+            means = [100 * statistics.mean(r[key] for r in points[b]) for b in budgets]
+            stds = [100 * statistics.stdev(r[key] for r in points[b]) if len(points[b]) > 1 else 0 for b in budgets]
+            ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, color=colour, label=name)
+        everything = [r for rs in points.values() for r in rs]
+        for key, style, what in (("random_init", ":", "random init"), ("scratch", "--", "scratch on the labels")):
+            axes[0].axhline(100 * statistics.mean(r[key] for r in everything), color=colour, linestyle=style,
+                            linewidth=1, label=f"{name}: {what}")
+    labels = recs[0]["labels"]
+    for ax, title in zip(axes, (f"few-label ({labels} labels)", "linear probe, all labels")):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({r["budget"] for r in recs}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("pretraining budget (CPU minutes, 2 cores)")
+        ax.set_ylabel(f"top-1 % ({'validation' if validation else 'test'})")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Quality per CPU-minute on {data}; mean ± std over seeds")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=15)
+    p.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 15, 30], help="minutes of pretraining")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--method", default="simclr")
-    p.add_argument("--set", action="append", default=[])
-    p.add_argument("--out", default="bench/out/quality")
+    p.add_argument("--config", help="YAML config of our recipe (default: selfsup's defaults)")
+    p.add_argument("--set", action="append", default=[], help="a config override (our recipe; the backbone and "
+                                                               "batch size apply to the peer too)")
+    p.add_argument("--name", default="selfsup", help="the recipe's name in the table and its records")
+    p.add_argument("--peers", default="lightly", choices=["lightly", "none"],
+                   help="also run lightly's SimCLR recipe on the same backbone and batch size")
+    p.add_argument("--validation", type=float, help="score on this fraction of the training images "
+                                                     "(data.validation) instead of the test split")
+    p.add_argument("--note", help="a sentence kept with the records this invocation makes (e.g. how busy the "
+                                  "machine was)")
+    p.add_argument("--out", default="bench/out/quality", help="run folders (not kept in git)")
+    p.add_argument("--results", default=str(RESULTS), help="where the records are kept (default: in git)")
+    p.add_argument("--images", default=str(ROOT / "docs" / "images"), help="where the curve PNG goes")
+    p.add_argument("--table-only", action="store_true", help="rewrite the table and curve from the records")
     args = p.parse_args()
-    rows = []
-    for seed in args.seeds:
-        cfg = load_config({"data": {"name": args.data}, "method": {"name": args.method},
-                           "train": {"minutes": args.minutes, "seed": seed}}, args.set)
-        out = Path(args.out) / f"{args.method}-{args.data}-{args.minutes:g}min-seed{seed}"
-        if (out / "eval.json").exists():
-            print(f"seed {seed}: reusing {out}")
-        else:
-            if out.exists():
-                import shutil
-                shutil.rmtree(out)
-            run_dir, _ = pretrain(cfg, out=out, progress=False, evaluate_after=True)
-            evaluate_run(run_dir)
-        result = json.loads((out / "eval.json").read_text())
-        train = json.loads((out / "train.json").read_text())
-        rows.append({"seed": seed, "eval": result, "train": train})
-        f = result["few_label"]
-        print(f"seed {seed}: kNN {result['knn']['top1']:.4f}  linear {result['linear']['top1']:.4f}  "
-              f"few-label ssl {f['ssl']:.4f}  random-init {f['random_init']:.4f}  scratch {f['supervised_scratch']:.4f}  "
-              f"({train['steps']} steps, {train['images_per_s']} images/s, eval {result['seconds']['total']} s)")
+    recipes = [(args.name, run_selfsup)] + ([("lightly-simclr", run_lightly)] if args.peers == "lightly" else [])
+    for budget in [] if args.table_only else args.budgets:
+        for seed in args.seeds:
+            for name, runner in recipes:
+                path = record_path(args.results, name, args.data, budget, seed, args.validation)
+                if path.exists():
+                    print(f"{path.name}: recorded, not run again")
+                    continue
+                print(f"== {name}, {budget:g} min, seed {seed}", flush=True)
+                rec = runner(args, budget, seed)
+                rec.update({"name": name, "data": args.data, "budget": budget, "seed": seed,
+                            "validation": args.validation, "date": date.today().isoformat(), "note": args.note})
+                Path(args.results).mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(rec, indent=1) + "\n")
+                print(f"{name} {budget:g} min seed {seed}: few-label {rec['few_label']:.4f} (random init "
+                      f"{rec['random_init']:.4f}, scratch {rec['scratch']:.4f}), linear {rec['linear']:.4f}, "
+                      f"{rec['steps']} steps", flush=True)
+                publish(args)
+    publish(args)
 
-    def col(get):
-        return mean_std([get(r) for r in rows])
 
-    n = rows[0]["eval"]["few_label"]["labels"]
-    body = "\n".join([
-        f"{args.method} on {args.data}, {args.minutes:g} minutes of pretraining, seeds {', '.join(map(str, args.seeds))} "
-        f"(mean ± std, %, test split). Extra settings: {' '.join(args.set) or 'none'}.",
-        "",
-        f"| features | kNN top-1 | linear, all labels | few-label, {n} labels |",
-        "|---|---|---|---|",
-        f"| SSL ({args.method}), frozen | {col(lambda r: r['eval']['knn']['top1'])} | "
-        f"{col(lambda r: r['eval']['linear']['top1'])} | {col(lambda r: r['eval']['few_label']['ssl'])} |",
-        f"| random init, frozen | {col(lambda r: r['eval']['knn'].get('random_init_top1'))} | "
-        f"{col(lambda r: r['eval']['linear'].get('random_init_top1'))} | {col(lambda r: r['eval']['few_label']['random_init'])} |",
-        f"| supervised from scratch on {n} labels | — | — | {col(lambda r: r['eval']['few_label']['supervised_scratch'])} |",
-        "",
-        f"Pretraining steps per seed: {', '.join(str(r['train']['steps']) for r in rows)}; images/s: "
-        f"{', '.join(str(r['train']['images_per_s']) for r in rows)}; evaluation seconds: "
-        f"{', '.join(str(r['eval']['seconds']['total']) for r in rows)}.",
-    ])
+def publish(args) -> None:
+    recs = records(args.results, args.data, args.validation)
+    if not recs:
+        return
+    key = f"quality-at-budget-{args.data}" + ("-validation" if args.validation else "")
+    png = Path(args.images) / f"{key}.png"
+    curve_png(recs, args.data, args.validation, png)
+    body = table(recs, args.data, args.validation) + f"\n\n![accuracy against CPU-minutes](images/{png.name})"
     print(body)
-    write_section(f"quality-{args.method}-{args.data}-{args.minutes:g}min", f"Quality at a {args.minutes:g}-minute budget: {args.method} on {args.data}", body)
+    title = f"Quality per CPU-minute on {args.data}" + (" (validation split)" if args.validation else "")
+    write_section(key, title, body)
 
 
 if __name__ == "__main__":

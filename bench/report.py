@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -34,7 +35,7 @@ def write_section(key: str, title: str, body: str) -> None:
     """Replace (or append) the section `key` of docs/benchmarks.md."""
     DOC.parent.mkdir(exist_ok=True)
     text = DOC.read_text() if DOC.exists() else HEADER
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], DOC.parent.parent)] + sys.argv[1:])
+    command = "python " + shlex.join([os.path.relpath(sys.argv[0], DOC.parent.parent)] + sys.argv[1:])
     section = (f"<!-- {key} -->\n## {title}\n\n- date: {date.today().isoformat()}\n- machine: {machine()}\n"
                f"- command: `{command}`\n\n{body.rstrip()}\n<!-- /{key} -->\n")
     pattern = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->\n", re.S)

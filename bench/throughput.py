@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import PILImages, lightly_backbone, lightly_transform  # noqa: E402
 from report import write_section  # noqa: E402
 
 from selfsup.config import load_config  # noqa: E402
 from selfsup.data import sources  # noqa: E402
-from selfsup.nets.backbones import build_backbone, channel_stats  # noqa: E402
 from selfsup.run import build_method  # noqa: E402
 
 
@@ -56,35 +56,15 @@ def ours(images: torch.Tensor, backbone: str, batch: int, steps: int) -> float:
     return batch / time_steps(step, steps)
 
 
-class PILImages(torch.utils.data.Dataset):
-    """uint8 tensors served as PIL images through a transform, as a torchvision-style dataset does."""
-
-    def __init__(self, images: torch.Tensor, transform):
-        self.images, self.transform = images, transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        from PIL import Image
-
-        x = self.images[i]
-        img = Image.fromarray(x[0].numpy(), "L") if x.shape[0] == 1 else Image.fromarray(x.permute(1, 2, 0).numpy())
-        return self.transform(img)
-
-
 def lightly_recipe(images: torch.Tensor, backbone: str, batch: int, steps: int) -> float:
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
-    from lightly.transforms import SimCLRTransform
 
-    mean, std = channel_stats(images)
-    transform = SimCLRTransform(input_size=images.shape[-1], min_scale=0.2, cj_strength=0.5, gaussian_blur=0.0,
-                                normalize={"mean": mean, "std": std})
+    # Our recipe's crop scale, colour strength and (at 28 px) no blur, so both sides make the same views.
+    transform = lightly_transform(images, min_scale=0.2, cj_strength=0.5, gaussian_blur=0.0)
     loader = torch.utils.data.DataLoader(PILImages(images, transform), batch_size=batch, shuffle=True,
                                          num_workers=2, drop_last=True, persistent_workers=True)
-    # Same backbone; its built-in normalization is made the identity since lightly's transform normalizes.
-    net = build_backbone(backbone, images.shape[1], mean=[0.0] * images.shape[1], std=[1.0] * images.shape[1])
+    net = lightly_backbone(backbone, images)
     head = SimCLRProjectionHead(net.dim, 512, 128)
     criterion = NTXentLoss(temperature=0.2)
     opt = torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
