@@ -49,26 +49,38 @@ def test_each_set_is_extracted_once_and_saved(tmp_path):
     store.random("test")
     assert backbone.seen == 100 and len(fresh_made) == 1 and fresh_made[0].seen == 40
     assert store.extracted == ["ssl_train", "ssl_test", "random_test"]
+    assert not (tmp_path / CACHE_FILE).exists()  # written once, when asked, not after every set
+    store.save()
     assert (tmp_path / CACHE_FILE).is_file()
+    written = (tmp_path / CACHE_FILE).stat().st_mtime_ns
+    store.save()  # nothing new: not rewritten
+    assert (tmp_path / CACHE_FILE).stat().st_mtime_ns == written
 
 
 def test_a_second_store_reuses_the_file_and_extracts_nothing(tmp_path):
     first, _, _ = make_store(tmp_path)
     ssl_train, random_test = first.ssl("train"), first.random("test")
+    first.save()
     second, backbone, fresh_made = make_store(tmp_path)
     assert sorted(second.loaded) == ["random_test", "ssl_train"]
     assert torch.equal(second.ssl("train"), ssl_train) and torch.equal(second.random("test"), random_test)
     assert backbone.seen == 0 and fresh_made == []  # neither network ran
 
 
+def saved(store):
+    store.ssl("train")
+    store.save()
+    return store
+
+
 def test_the_file_is_ignored_when_the_encoder_data_or_seed_changes(tmp_path):
-    make_store(tmp_path)[0].ssl("train")
+    saved(make_store(tmp_path)[0])
     said = []
     other_encoder, backbone, _ = make_store(tmp_path, encoder_bytes=b"other weights", log=said.append)
     assert other_encoder.loaded == [] and "another encoder" in said[0]
-    other_encoder.ssl("train")
+    saved(other_encoder)
     assert backbone.seen == 60
-    make_store(tmp_path)[0].ssl("train")  # the file is now the default encoder's again
+    saved(make_store(tmp_path)[0])  # the file is now the default encoder's again
     assert make_store(tmp_path, seed=1)[0].loaded == []
     other_data = sources.load("synthetic", "train", n=60, seed=1)
     assert make_store(tmp_path, train=other_data)[0].loaded == []
@@ -80,6 +92,7 @@ def test_a_damaged_file_is_replaced_not_trusted(tmp_path):
     store, backbone, _ = make_store(tmp_path, log=said.append)
     assert store.loaded == [] and "unreadable" in said[0]
     store.ssl("test")
+    store.save()
     assert backbone.seen == 40 and make_store(tmp_path)[0].loaded == ["ssl_test"]
 
 

@@ -72,6 +72,7 @@ def evaluate(backbone: nn.Module, fresh_backbone: Callable[[], nn.Module], train
     test_f = store.ssl("test")
     random_test_f = store.random("test")
     random_train_f = store.random("train") if all_labels else None
+    store.save()  # the only sets the store keeps are these four; later protocols extract rows, not sets
     if store.loaded:
         log(f"features: reused {', '.join(store.loaded)} from {CACHE_FILE}")
     result["seconds"]["features"] = round(time.perf_counter() - t0, 2)
