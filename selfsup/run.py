@@ -26,7 +26,7 @@ from selfsup.checkpoint import atomic_write, export_encoder, load_encoder
 from selfsup.config import Config, EvalConfig, ModelConfig, load_config, to_dict
 from selfsup.data import sources
 from selfsup.data.sources import ImageSet
-from selfsup.data.splits import few_label_split, holdout, seeded_subset
+from selfsup.data.splits import few_label_split, held_out_rows, holdout, seeded_subset
 from selfsup.errors import SelfSupError
 from selfsup.evaluate.protocol import PROTOCOLS, evaluate
 from selfsup.methods import METHODS, Method
@@ -70,9 +70,18 @@ def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, Ima
     if is_folder:
         train, test = holdout(train, 0.2, cfg.train.seed)
     if d.validation is not None:
+        # The validation images stand in for the test split: left out of pretraining like test images are.
         if split == "train":
-            # The validation images stand in for the test split: left out of pretraining like test images are.
             train, test = holdout(train, d.validation, VALIDATION_SEED)
+        else:  # e.g. stl10's train+unlabeled: the labelled training images come first, then the unlabeled ones
+            labelled = sources.load(d.name, "train", image_size=d.image_size, seed=cfg.train.seed, **options)
+            n = len(labelled)
+            if not torch.equal(train.labels[:n], labelled.labels):
+                raise SelfSupError(f"data.validation: {d.name}'s {split} split does not start with its training "
+                                   "images, so the validation images cannot be left out of pretraining")
+            held = held_out_rows(labelled.labels, labelled.groups, d.validation, VALIDATION_SEED)
+            keep = torch.cat([~held, torch.ones(len(train) - n, dtype=torch.bool)])
+            train = train.subset(keep.nonzero().flatten())
     elif not is_folder and not for_pretraining:
         test = sources.load(d.name, "test", image_size=d.image_size, seed=cfg.train.seed,
                             **({"n": max(10, d.synthetic_size // 6)} if options else {}))

@@ -9,7 +9,7 @@ from PIL import Image
 from selfsup.config import load_config
 from selfsup.data import sources
 from selfsup.run import evaluate_run, load_data, pretrain
-from test_data import write_stl10
+from test_data import stl_images, write_stl10, write_stl_x
 
 
 def test_stl10_pretrains_on_the_unlabeled_split_too(tmp_path, monkeypatch):
@@ -112,3 +112,21 @@ def test_validation_split_stands_in_for_the_test_split(tmp_path, monkeypatch):
     assert "on the validation split" in (run_dir / "results.md").read_text()
     assert "test split" not in (run_dir / "results.md").read_text()
     assert "on the validation split" in (run_dir / "report.html").read_text()
+
+
+def test_validation_images_are_left_out_of_stl10s_unlabeled_pretraining_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFSUP_DATA", str(tmp_path))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    made = write_stl10(tmp_path)
+    # Eight training images, two per class, so a validation half holds out one of each.
+    made["train"] = stl_images(8, 100)
+    write_stl_x(tmp_path / "stl10_binary" / "train_X.bin", made["train"])
+    (tmp_path / "stl10_binary" / "train_y.bin").write_bytes(bytes([1, 1, 2, 2, 3, 3, 4, 4]))
+    cfg = load_config({"data": {"name": "stl10", "validation": 0.5}})
+    pretrain_set, _ = load_data(cfg, for_pretraining=True)
+    train, val = load_data(cfg)
+    assert len(train) == len(val) == 4
+    assert len(pretrain_set) == len(train) + len(made["unlabeled"])
+    seen = {img.numpy().tobytes() for img in pretrain_set.images}
+    assert all(img.numpy().tobytes() in seen for img in train.images)
+    assert not any(img.numpy().tobytes() in seen for img in val.images)

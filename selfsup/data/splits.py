@@ -57,32 +57,36 @@ def holdout(images: "ImageSet", fraction: float, seed: int) -> tuple["ImageSet",
     groups, so no photo has crops on both sides; a label with a single group (a flat folder's "which photo" label)
     splits that group's images instead.
     """
+    is_test = held_out_rows(images.labels, images.groups, fraction, seed)
+    return images.subset((~is_test).nonzero().flatten()), images.subset(is_test.nonzero().flatten())
+
+
+def held_out_rows(labels: torch.Tensor, groups: torch.Tensor | None, fraction: float, seed: int) -> torch.Tensor:
+    """(N,) bool, True on the rows `holdout` puts on the test side; only labels and groups decide."""
     if not 0 < fraction < 1:
         raise SelfSupError(f"hold-out fraction must be between 0 and 1, got {fraction}: use e.g. 0.2")
-    labels = images.labels
     generator = torch.Generator().manual_seed(seed)
     test_parts = []
     for label in torch.unique(labels).tolist():
         members = (labels == label).nonzero().flatten()
-        if images.groups is not None:
-            groups = torch.unique(images.groups[members])
+        if groups is not None:
+            kinds = torch.unique(groups[members])
             # At least one whole group goes to the test side whenever a label has two or more.
-            n_test = min(max(1, int(len(groups) * fraction + 0.5)), len(groups) - 1)
+            n_test = min(max(1, int(len(kinds) * fraction + 0.5)), len(kinds) - 1)
             if n_test > 0:
-                held = groups[torch.randperm(len(groups), generator=generator)[:n_test]]
-                test_parts.append(members[torch.isin(images.groups[members], held)])
+                held = kinds[torch.randperm(len(kinds), generator=generator)[:n_test]]
+                test_parts.append(members[torch.isin(groups[members], held)])
                 continue
         # Round to nearest but keep at least one image of every class on the training side.
         n_test = min(int(len(members) * fraction + 0.5), len(members) - 1)
         test_parts.append(members[torch.randperm(len(members), generator=generator)[:n_test]])
-    test_index = torch.cat(test_parts).sort().values if test_parts else torch.zeros(0, dtype=torch.long)
+    test_index = torch.cat(test_parts) if test_parts else torch.zeros(0, dtype=torch.long)
     if len(test_index) == 0:
-        raise SelfSupError(f"{len(images)} images are too few to hold out {fraction:.0%} for testing: "
+        raise SelfSupError(f"{len(labels)} images are too few to hold out {fraction:.0%} for testing: "
                            "add images (at least two per class)")
-    is_test = torch.zeros(len(images), dtype=torch.bool)
+    is_test = torch.zeros(len(labels), dtype=torch.bool)
     is_test[test_index] = True
-    train_index = (~is_test).nonzero().flatten()
-    return images.subset(train_index), images.subset(test_index)
+    return is_test
 
 
 def seeded_subset(images: "ImageSet", n: int, seed: int) -> "ImageSet":
