@@ -48,6 +48,20 @@ def test_weight_decay_ties_go_to_the_stronger_regularization():
     assert acc == 1.0 and wd == max(WEIGHT_DECAYS) and model is not None
 
 
+def test_folds_stay_balanced_with_one_image_per_class():
+    from selfsup.evaluate.linear import _folds
+
+    labels = torch.arange(10)  # one image of each of 10 classes
+    folds = _folds(labels, 5, seed=0)
+    assert [len(f) for f in folds] == [2] * 5
+    assert sorted(torch.cat(folds).tolist()) == list(range(10))
+    x, y = gaussian_classes(1, 10, 8, 0.1, seed=1)
+    wd, acc, model = select_weight_decay(x, y, 10)  # every fold's training side has 8 images, none is empty
+    assert wd in WEIGHT_DECAYS and 0 <= acc <= 1 and model is not None
+    wd, acc, model = select_weight_decay(x[:1], y[:1], 10)  # one image: nothing to validate on, no error
+    assert wd == max(WEIGHT_DECAYS) and model is None
+
+
 def test_warm_start_reaches_the_same_optimum():
     x, y = gaussian_classes(30, 3, 6, 3.0, seed=5)
     cold = fit_logistic(x, y, 3, 1e-2, max_iter=500)

@@ -62,14 +62,18 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
 
 def _folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
-    """k stratified folds of indices: each class is dealt round-robin after a seeded shuffle."""
+    """k stratified folds of indices: each class is dealt round-robin after a seeded shuffle, each class starting
+    where the last one stopped, so folds stay equal in size even when classes have fewer than k images (one label
+    per class would otherwise put every image in the first fold and leave its training side empty)."""
     g = torch.Generator().manual_seed(seed)
     folds: list[list[int]] = [[] for _ in range(k)]
+    dealt = 0
     for c in labels.unique():
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        for j, i in enumerate(idx.tolist()):
-            folds[j % k].append(i)
+        for i in idx.tolist():
+            folds[dealt % k].append(i)
+            dealt += 1
     return [torch.tensor(sorted(f), dtype=torch.long) for f in folds if f]
 
 
@@ -89,11 +93,15 @@ def select_weight_decay(features: torch.Tensor, labels: torch.Tensor, num_classe
     for val in rounds:
         mask = torch.ones(n, dtype=torch.bool)
         mask[val] = False
+        if not bool(mask.any()):  # a single fold (one labelled image): nothing to fit on
+            continue
         model = None
         for wd in order:
             model = fit_logistic(features[mask], labels[mask], num_classes, wd, max_iter=50, init=model)
             accs[wd].append(model.accuracy(features[val], labels[val]))
             models[wd] = model
+    if not models:  # one labelled image: no split to validate on, take the strongest regularization
+        return order[0], float("nan"), None
     mean = {wd: sum(a) / len(a) for wd, a in accs.items()}
     best = max(mean.values())
     # Ties go to the stronger regularization: the simpler model.
