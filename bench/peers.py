@@ -65,11 +65,13 @@ def accept_unit_range(net: torch.nn.Module, images: torch.Tensor) -> torch.nn.Mo
 
 
 def train_lightly_simclr(images: torch.Tensor, backbone: str, batch: int, minutes: float, seed: int,
-                         width: int | None = None, workers: int = 2, log=print) -> tuple[torch.nn.Module, dict]:
+                         width: int | None = None, workers: int = 2, log=print,
+                         **options) -> tuple[torch.nn.Module, dict]:
     """Pretrain `backbone` with lightly's SimCLR recipe for `minutes` of wall clock (loader start-up included).
 
     Optimizer as lightly's CIFAR-10 benchmark: SGD, lr 0.06 x batch / 256, momentum 0.9, weight decay 5e-4, a
     cosine schedule, here over the time budget (the fraction of it spent) since the step count is not known ahead.
+    options: the backbone's own settings (vit-tiny: depth, patch_size).
     Returns the backbone (taking [0, 1] images) and {"steps", "seconds", "images_per_s", "settings"}.
     """
     from lightly.loss import NTXentLoss
@@ -81,7 +83,7 @@ def train_lightly_simclr(images: torch.Tensor, backbone: str, batch: int, minute
     loader = torch.utils.data.DataLoader(PILImages(images, transform), batch_size=batch, shuffle=True,
                                          num_workers=workers, drop_last=True, persistent_workers=workers > 0,
                                          generator=generator)
-    net = lightly_backbone(backbone, images, width)
+    net = lightly_backbone(backbone, images, width, **options)
     head = SimCLRProjectionHead(net.dim, 512, 128)
     criterion = NTXentLoss()
     base_lr = 0.06 * batch / 256

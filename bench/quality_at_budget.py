@@ -87,7 +87,7 @@ def run_lightly(args, budget: float, seed: int, log=print) -> dict:
     train, test = load_data(cfg)
     width, options = backbone_settings(cfg.model)
     net, trained = train_lightly_simclr(pretrain_set.images, cfg.model.backbone, cfg.train.batch_size, budget, seed,
-                                       width=width, log=log)
+                                       width=width, log=log, **options)
     mean, std = channel_stats(pretrain_set.images)
 
     def fresh():
