@@ -22,10 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_section  # noqa: E402
+from throughput import time_steps, training_step  # noqa: E402
 
-from selfsup.config import load_config  # noqa: E402
 from selfsup.data import sources  # noqa: E402
-from selfsup.run import build_method  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -43,33 +42,12 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 def step_cost(method_name: str, backbone: str, width: int | None, images: torch.Tensor, batch: int,
               steps: int) -> dict:
     """FLOPs of one training step and its measured seconds (mean of `steps` after 3 warm-up steps)."""
-    model = {"backbone": backbone, **({"width": width} if width else {})}
-    cfg = load_config({"method": {"name": method_name}, "model": model, "train": {"steps": 1}})
-    data = sources.ImageSet(images, torch.full((len(images),), -1), [], "bench", "memory")
-    method, _ = build_method(cfg, data)
-    if cfg.train.channels_last:
-        method.to(memory_format=torch.channels_last)
-    method.set_generator(torch.Generator().manual_seed(0))
-    opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-
-    def step():
-        idx = torch.randint(0, len(images), (batch,), generator=g)
-        loss, _ = method.step_loss(images[idx], idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step, method = training_step(images, batch, backbone, method_name, width)
     counter = FlopCounterMode(display=False)
     with counter:
         step()
     flops = counter.get_total_flops()
-    for _ in range(2):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - t0) / steps
+    seconds = time_steps(step, steps, warmup=2)
     params = sum(p.numel() for p in method.backbone.parameters())
     return {"flops": flops, "seconds": seconds, "params": params}
 

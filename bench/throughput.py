@@ -36,8 +36,12 @@ def time_steps(step, steps: int, warmup: int = 3) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def ours(images: torch.Tensor, backbone: str, batch: int, steps: int) -> float:
-    cfg = load_config({"model": {"backbone": backbone}, "train": {"steps": 1}})
+def training_step(images: torch.Tensor, batch: int, backbone: str, method_name: str = "simclr",
+                  width: int | None = None):
+    """(step, method): one SGD step of `method_name` on a random batch of `images`, set up as the training loop
+    sets it up by default (channels_last weights); views, forward, backward and the optimizer all run in step()."""
+    model = {"backbone": backbone, **({"width": width} if width else {})}
+    cfg = load_config({"method": {"name": method_name}, "model": model, "train": {"steps": 1}})
     data = sources.ImageSet(images, torch.full((len(images),), -1), [], "bench", "memory")
     method, _ = build_method(cfg, data)
     if cfg.train.channels_last:  # as the training loop does by default
@@ -53,6 +57,11 @@ def ours(images: torch.Tensor, backbone: str, batch: int, steps: int) -> float:
         loss.backward()
         opt.step()
 
+    return step, method
+
+
+def ours(images: torch.Tensor, backbone: str, batch: int, steps: int) -> float:
+    step, _ = training_step(images, batch, backbone)
     return batch / time_steps(step, steps)
 
 
