@@ -58,6 +58,7 @@ class TrainConfig:
     lr: float = opt(0.3, "Base learning rate for batch 256, scaled linearly with batch size (SimCLR: 0.3 x batch/256 with LARS).", min=0)
     weight_decay: float = opt(1e-6, "Weight decay (SimCLR with LARS: 1e-6; SGD: 5e-4; AdamW: 0.05).", min=0)
     momentum: float = opt(0.9, "Momentum for SGD and LARS.", min=0, max=1)
+    lars_trust: float = opt(1e-3, "LARS trust coefficient eta: each weight tensor moves by lr x eta of its own norm a step (before momentum). SimCLR and BYOL: 1e-3 over 100k+ steps; solo-learn's CIFAR recipes: 0.02 with lr 0.3-1.0 for short runs. Only with optimizer lars.", min=1e-9)
     warmup_fraction: float = opt(0.05, "Share of the budget spent in linear learning-rate warm-up (SimCLR: 10 of 100+ epochs).", min=0, max=0.5)
     min_lr_fraction: float = opt(0.0, "Learning rate at the end of the cosine, as a fraction of the peak.", min=0, max=1)
     seed: int = opt(0, "Seed for initialization, data order and views.")

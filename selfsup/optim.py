@@ -54,12 +54,15 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return decay, no_decay
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    """An optimizer over `model`'s trainable parameters; biases and norms are excluded from weight decay."""
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
+                    lars_trust: float = 1e-3) -> torch.optim.Optimizer:
+    """An optimizer over `model`'s trainable parameters; biases and norms are excluded from weight decay.
+
+    lars_trust is LARS's trust coefficient eta (ignored by sgd and adamw)."""
     decay, no_decay = param_groups(model)
     if name == "lars":
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars": False}]
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_trust)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)

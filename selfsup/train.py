@@ -229,7 +229,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
     else:
         method.set_generator(generator)
     peak_lr = cfg.lr * cfg.batch_size / 256
-    optimizer = build_optimizer(method, cfg.optimizer, peak_lr, cfg.weight_decay, cfg.momentum)
+    optimizer = build_optimizer(method, cfg.optimizer, peak_lr, cfg.weight_decay, cfg.momentum, cfg.lars_trust)
     budget = Budget.plan(cfg, steps_per_epoch)
     step, elapsed_before = 0, 0.0
     metrics_path = run_dir / "metrics.jsonl"

@@ -19,17 +19,18 @@ def test_schedule_warmup_then_cosine():
     assert lr_at(5, 100, 2.0, 0) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.05)))
 
 
-def test_lars_step_matches_formula():
+@pytest.mark.parametrize("trust", [1e-3, 0.02])
+def test_lars_step_matches_formula(trust):
     torch.manual_seed(0)
     lin = nn.Linear(4, 3)
-    opt = build_optimizer(lin, "lars", lr=0.5, weight_decay=0.1, momentum=0.9)
+    opt = build_optimizer(lin, "lars", lr=0.5, weight_decay=0.1, momentum=0.9, lars_trust=trust)
     assert isinstance(opt, LARS)
     w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
     lin(torch.randn(8, 4)).pow(2).sum().backward()
     gw, gb = lin.weight.grad.clone(), lin.bias.grad.clone()
     opt.step()
     u = gw + 0.1 * w0
-    ratio = 1e-3 * w0.norm() / u.norm()
+    ratio = trust * w0.norm() / u.norm()  # the weight moves by lr * trust of its norm
     assert torch.allclose(lin.weight, w0 - 0.5 * ratio * u, atol=1e-7)
     # Biases: no weight decay and no trust ratio.
     assert torch.allclose(lin.bias, b0 - 0.5 * gb, atol=1e-7)
