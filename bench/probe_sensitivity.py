@@ -35,23 +35,18 @@ from report import write_section  # noqa: E402
 from selfsup.data.splits import few_label_split  # noqa: E402
 from selfsup.evaluate.cache import FeatureStore  # noqa: E402
 from selfsup.evaluate.linear import linear_probe  # noqa: E402
+from selfsup.methods.collapse import embedding_stats  # noqa: E402
 from selfsup.run import load_encoder_backbone, load_eval_data, read_run_config  # noqa: E402
 from selfsup.train import resolve_device  # noqa: E402
 
 PREPROCESSINGS = ("standardized", "L2", "centred + L2")
 
 
-def effective_rank(x: torch.Tensor) -> float:
-    """exp(entropy of the singular values of the centred rows, normalized to sum 1): 1 (a line) to D."""
-    s = torch.linalg.svdvals(x - x.mean(0))
-    p = s / s.sum()
-    return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
-
-
 def geometry(train: torch.Tensor, rows: int = 10_000) -> dict:
     x = train[:rows].double()
     std = x.std(0)
-    return {"effective_rank": effective_rank(x), "dims": x.shape[1],
+    # The collapse monitor's effective rank, of the centred features: their spread, not their offset.
+    return {"effective_rank": embedding_stats(x - x.mean(0))["z_rank"], "dims": x.shape[1],
             "flat_dims": int((std < 1e-3 * std.max()).sum()),
             "std_max_over_median": float(std.max() / std.median()),
             "mean_over_std": float(x.mean(0).norm() / std.norm())}

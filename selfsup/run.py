@@ -73,13 +73,13 @@ def load_data(cfg: Config, for_pretraining: bool = False) -> tuple[ImageSet, Ima
         # The validation images stand in for the test split: left out of pretraining like test images are.
         if split == "train":
             train, test = holdout(train, d.validation, VALIDATION_SEED)
-        else:  # e.g. stl10's train+unlabeled: the labelled training images come first, then the unlabeled ones
-            labelled = sources.load(d.name, "train", image_size=d.image_size, seed=cfg.train.seed, **options)
-            n = len(labelled)
-            if not torch.equal(train.labels[:n], labelled.labels):
+        else:  # e.g. stl10's train+unlabeled: the labelled training images come first, then the unlabeled (-1) ones
+            n = int((train.labels >= 0).sum())
+            if n == 0 or not bool((train.labels[:n] >= 0).all()):
                 raise SelfSupError(f"data.validation: {d.name}'s {split} split does not start with its training "
                                    "images, so the validation images cannot be left out of pretraining")
-            held = held_out_rows(labelled.labels, labelled.groups, d.validation, VALIDATION_SEED)
+            groups = train.groups[:n] if train.groups is not None else None
+            held = held_out_rows(train.labels[:n], groups, d.validation, VALIDATION_SEED)
             keep = torch.cat([~held, torch.ones(len(train) - n, dtype=torch.bool)])
             train = train.subset(keep.nonzero().flatten())
     elif not is_folder and not for_pretraining:
