@@ -18,6 +18,7 @@ examples:
   selfsup run --backbone resnet18 --set train.lr=0.5 --set method.temperature=0.5
   selfsup run --data ~/Pictures/cats-and-dogs          # an image folder (one sub-folder per class)
   selfsup run --config configs/simclr-fashion-mnist.yaml
+  selfsup run --preset fast-cpu --minutes 15           # the recipe tuned for quality per CPU-minute
   selfsup run --resume runs/20261123-140000-simclr-fashion-mnist   # continue after Ctrl-C or a crash
 """
 
@@ -38,6 +39,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use only N training images (quick tries)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--out", help="run folder to create (default runs/<date-time>-<method>-<data>)")
+    p.add_argument("--preset", help="a named recipe shipped with selfsup, e.g. fast-cpu (`selfsup config` lists them); "
+                                    "--config, flags and --set override it")
     p.add_argument("--config", help="YAML config file (see configs/); flags and --set override it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=0.3 (repeatable; `selfsup config` lists keys)")
@@ -96,7 +99,8 @@ def _pretrain_from_args(args: argparse.Namespace, evaluate_after: bool):
 
     if args.resume:
         given = [k for k, v in config_tree(args).items()] + (["set"] if args.set else []) + \
-                (["config"] if args.config else []) + (["out"] if args.out else [])
+                (["config"] if args.config else []) + (["preset"] if args.preset else []) + \
+                (["out"] if args.out else [])
         if given:
             raise SelfSupError(f"--resume continues the run as saved in {args.resume}/config.yaml; "
                                f"drop the other options ({', '.join(given)})")
@@ -104,7 +108,7 @@ def _pretrain_from_args(args: argparse.Namespace, evaluate_after: bool):
         run_dir, result = pretrain(cfg, resume_dir=args.resume, progress=not args.no_progress,
                                    evaluate_after=evaluate_after)
     else:
-        cfg = load_config(config_tree(args), args.set, args.config)
+        cfg = load_config(config_tree(args), args.set, args.config, preset=args.preset)
         run_dir, result = pretrain(cfg, out=args.out, progress=not args.no_progress, evaluate_after=evaluate_after)
     return run_dir, result
 
@@ -255,7 +259,7 @@ def cmd_study_jigsaw(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from selfsup.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, describe
+    from selfsup.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, describe, presets
     from selfsup.methods import METHODS
     from selfsup.views.recipes import ViewsConfig
 
@@ -266,6 +270,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     for name, cls in sections:
         print(f"{name}:")
         print("\n".join(describe(cls, name)))
+    print("presets (--preset NAME; a later --config, flag or --set overrides them):")
+    for name, path in presets().items():
+        about = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        print(f"  {name:<22} {about}")
     return 0
 
 

@@ -233,6 +233,22 @@ def read_yaml(path: str | Path) -> dict:
 
 
 SECTIONS = ("data", "views", "model", "method", "train", "eval")
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def presets() -> dict[str, Path]:
+    """The named recipes shipped with selfsup (`--preset NAME`): name -> YAML file in selfsup/presets/."""
+    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.yaml"))}
+
+
+def read_preset(name: str) -> dict:
+    known = presets()
+    if name not in known:
+        raise SelfSupError(f"unknown preset '{name}'; known presets: {', '.join(known) or 'none'} "
+                           f"(or give your own YAML file with --config)")
+    return read_yaml(known[name])
+
+
 BUDGET_KEYS = ("epochs", "steps", "minutes")
 
 
@@ -248,8 +264,14 @@ class Config:
     eval: EvalConfig
 
 
-def load_config(tree: dict | None = None, overrides: list[str] = (), file: str | Path | None = None) -> Config:
-    """Resolve a Config from a YAML file, then a dict (e.g. from CLI flags), then `--set` overrides, in that order."""
+def load_config(tree: dict | None = None, overrides: list[str] = (), file: str | Path | None = None,
+                preset: str | None = None) -> Config:
+    """Resolve a Config from a preset, then a YAML file, then a dict (e.g. from CLI flags), then `--set` overrides.
+
+    A preset is a whole recipe for one method. When a later layer names another method, the preset's method
+    section (that method's own keys, e.g. a temperature) is left out; its data, views, model, train and eval
+    settings still apply.
+    """
     from selfsup.methods import METHODS
     from selfsup.views.recipes import ViewsConfig
 
@@ -260,6 +282,13 @@ def load_config(tree: dict | None = None, overrides: list[str] = (), file: str |
         path, value = parse_override(text)
         merge(over, path, value)
     layers.append(over)
+    if preset is not None:
+        base = read_preset(preset)
+        named = [layer["method"]["name"] for layer in layers
+                 if isinstance(layer.get("method"), dict) and layer["method"].get("name") is not None]
+        if named and named[-1] != (base.get("method") or {}).get("name", "simclr"):
+            base = {k: v for k, v in base.items() if k != "method"}
+        layers.insert(0, base)
     budget_given = None
     for layer in layers:
         unknown = sorted(set(layer) - set(SECTIONS))

@@ -130,3 +130,26 @@ def test_views_gallery_png(tmp_path):
     with Image.open(out) as img:
         assert img.width > 200 and img.height > 200
     assert "view 2: solarize (p=0.2" in r.stdout
+
+
+def test_config_lists_the_presets_and_run_takes_one():
+    r = selfsup("config")
+    assert r.returncode == 0 and "presets (--preset NAME" in r.stdout and "fast-cpu" in r.stdout
+    r = selfsup("run", "--preset", "fsat-cpu", "--data", "synthetic")
+    assert r.returncode != 0 and "unknown preset 'fsat-cpu'; known presets: fast-cpu" in r.stderr
+
+
+def test_pretrain_with_a_preset_saves_its_settings(tmp_path):
+    import yaml
+
+    from selfsup.config import presets
+
+    out = tmp_path / "run"
+    r = selfsup("pretrain", "--preset", "fast-cpu", "--data", "synthetic", "--steps", "2", "--limit", "256",
+                "--set", "model.width=4", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    preset = yaml.safe_load(presets()["fast-cpu"].read_text())
+    for key, value in preset["train"].items():
+        assert saved["train"][key] == value, key
+    assert saved["model"]["width"] == 4  # --set still wins over the preset

@@ -70,3 +70,44 @@ def test_exponent_floats_from_the_command_line():
     assert cfg.train.lr == 0.001 and cfg.train.weight_decay == 0.0005
     with pytest.raises(SelfSupError, match="must be float"):
         load_config({}, ["train.lr=fast"])
+
+
+def test_presets_sit_under_everything_else(tmp_path, monkeypatch):
+    import selfsup.config as config
+
+    shipped = tmp_path / "presets"
+    shipped.mkdir()
+    (shipped / "quick.yaml").write_text("# a test recipe\nmethod:\n  name: simclr\n  temperature: 0.3\n"
+                                         "train:\n  lr: 0.5\n  lars_trust: 0.02\nmodel:\n  width: 8\n")
+    monkeypatch.setattr(config, "PRESETS_DIR", shipped)
+    assert list(config.presets()) == ["quick"]
+    cfg = load_config({}, [], preset="quick")
+    assert (cfg.method.temperature, cfg.train.lr, cfg.train.lars_trust, cfg.model.width) == (0.3, 0.5, 0.02, 8)
+    # A file, the flags and --set each override the preset, key by key.
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  lr: 0.7\n")
+    cfg = load_config({"model": {"width": 16}}, ["method.temperature=0.1"], path, preset="quick")
+    assert (cfg.method.temperature, cfg.train.lr, cfg.train.lars_trust, cfg.model.width) == (0.1, 0.7, 0.02, 16)
+    # Another method: the preset's method keys (a temperature BYOL does not have) are left out, the rest applies.
+    cfg = load_config({"method": {"name": "byol"}}, [], preset="quick")
+    assert cfg.method.name == "byol" and not hasattr(cfg.method, "temperature")
+    assert (cfg.train.lr, cfg.train.lars_trust, cfg.model.width) == (0.5, 0.02, 8)
+    with pytest.raises(SelfSupError, match="unknown preset 'qiuck'; known presets: quick"):
+        load_config({}, [], preset="qiuck")
+
+
+def test_shipped_presets_load_as_written():
+    import yaml
+
+    from selfsup.config import presets
+
+    def check(written, got, where):
+        if isinstance(written, dict):
+            for key, value in written.items():
+                check(value, got[key], f"{where}.{key}")
+        else:
+            assert (list(got) if isinstance(got, tuple) else got) == written, where
+
+    assert "fast-cpu" in presets()
+    for name, path in presets().items():
+        check(yaml.safe_load(path.read_text()), to_dict(load_config({}, [], preset=name)), name)
