@@ -2,7 +2,7 @@
 selfsup recipe and for lightly's SimCLR recipe, run by this one script on the same data, backbone and batch size.
 
     python bench/quality_at_budget.py --budgets 2 5 15 30 --seeds 0 1 2
-    python bench/quality_at_budget.py --config configs/fast-cpu.yaml --name fast-cpu --budgets 5 --seeds 0
+    python bench/quality_at_budget.py --preset fast-cpu --name fast-cpu --budgets 5 --seeds 0
     python bench/quality_at_budget.py --validation 0.1667 --set method.temperature=0.1 --name t0.1 --peers none
 
 Each (recipe, budget, seed) pretrains for the budget (wall clock, on an otherwise idle machine), then the frozen
@@ -17,6 +17,7 @@ Writes docs/benchmarks.md (section quality-at-budget-DATA[-validation]) and docs
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import sys
@@ -52,13 +53,31 @@ def summary(result: dict) -> dict:
             "eval_seconds": result["seconds"].get("total")}
 
 
+def recipe_settings(args) -> str:
+    """How our recipe differs from selfsup's defaults, as recorded: a preset is spelled out key by key, since the
+    file may change after the record is made."""
+    parts = []
+    if args.preset:
+        from selfsup.config import read_preset
+
+        def flatten(tree: dict, prefix: str = "") -> list[str]:
+            return [item for key, value in tree.items() for item in
+                    (flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={value}"])]
+
+        flat = flatten(read_preset(args.preset))
+        parts.append(f"--preset {args.preset} ({' '.join(flat)})")
+    if args.config:
+        parts.append(f"--config {args.config}")
+    return " ".join(parts + list(args.set)) or "defaults"
+
+
 def run_selfsup(args, budget: float, seed: int, log=print) -> dict:
     """Our recipe: `selfsup pretrain` then `selfsup eval` of the run folder, as a user would."""
     overrides = [f"train.minutes={budget:g}", f"train.seed={seed}", f"eval.protocols=[{','.join(PROTOCOLS)}]",
                  *args.set]
     if args.validation:
         overrides.append(f"data.validation={args.validation:g}")
-    cfg = load_config({"data": {"name": args.data}}, overrides, file=args.config)
+    cfg = load_config({"data": {"name": args.data}}, overrides, file=args.config, preset=args.preset)
     out = Path(args.out) / record_path(args.results, args.name, args.data, budget, seed, args.validation).stem
     if out.exists():
         import shutil
@@ -71,7 +90,7 @@ def run_selfsup(args, budget: float, seed: int, log=print) -> dict:
     width, _ = backbone_settings(cfg.model)
     return {"steps": train["steps"], "images_per_s": train["images_per_s"], "seconds": train["seconds"],
             "backbone": f"{cfg.model.backbone} width {width}", "batch": cfg.train.batch_size,
-            "settings": " ".join([f"--config {args.config}"] * bool(args.config) + list(args.set)) or "defaults",
+            "settings": recipe_settings(args),
             **summary(result)}
 
 
@@ -82,7 +101,7 @@ def run_lightly(args, budget: float, seed: int, log=print) -> dict:
     overrides = [f"train.seed={seed}", f"eval.protocols=[{','.join(PROTOCOLS)}]", *args.set]
     if args.validation:
         overrides.append(f"data.validation={args.validation:g}")
-    cfg = load_config({"data": {"name": args.data}}, overrides, file=args.config)
+    cfg = load_config({"data": {"name": args.data}}, overrides, file=args.config, preset=args.preset)
     pretrain_set, _ = load_data(cfg, for_pretraining=True)
     train, test = load_data(cfg)
     width, options = backbone_settings(cfg.model)
@@ -148,9 +167,12 @@ def table(recs: list[dict], data: str, validation: float | None) -> str:
         seen.setdefault(rec["name"], rec)
     lines += ["", "Recipes: " + "; ".join(f"**{n}**: {r['backbone']}, batch {r['batch']}, {r['settings']}"
                                           for n, r in seen.items()) + "."]
-    notes = sorted({r["note"] for r in recs if r.get("note")})
-    if notes:
-        lines += ["", "Notes: " + " ".join(notes)]
+    noted = [r for r in recs if r.get("note")]
+    if noted:
+        # The usual note once, the exceptions by recipe and seed.
+        common = collections.Counter(r["note"] for r in noted).most_common(1)[0][0]
+        others = [f"{r['name']} seed {r['seed']}: {r['note']}" for r in noted if r["note"] != common]
+        lines += ["", f"Notes: {common}" + (f" (except as noted); {'; '.join(others)}" if others else "") + "."]
     return "\n".join(lines)
 
 
@@ -198,6 +220,7 @@ def main() -> None:
     p.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 15, 30], help="minutes of pretraining")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--preset", help="a selfsup preset as our recipe (e.g. fast-cpu; --config and --set override it)")
     p.add_argument("--config", help="YAML config of our recipe (default: selfsup's defaults)")
     p.add_argument("--set", action="append", default=[], help="a config override (our recipe; the backbone and "
                                                                "batch size apply to the peer too)")
