@@ -7,7 +7,7 @@ ARGS   ?=
 .PHONY: run test setup data photos browser bench clean help
 
 help:
-	@echo "make run    set up (.venv, Fashion-MNIST) and pretrain SimCLR for 5 minutes, then evaluate"
+	@echo "make run    set up (.venv, Fashion-MNIST), pretrain for 5 minutes (preset fast-cpu: VICReg), then evaluate"
 	@echo "make test   set up and run the test suite"
 	@echo "make bench  run the benchmarks (minutes to hours; writes docs/benchmarks.md)"
 	@echo "make photos colour photographs for the colour-only studies (Debian's mate-backgrounds)"
@@ -33,7 +33,7 @@ browser:
 	@sh scripts/get-browser.sh
 
 run: data
-	$(BIN)/selfsup run --data fashion-mnist --method simclr --minutes 5 $(ARGS)
+	$(BIN)/selfsup run --preset fast-cpu --data fashion-mnist --minutes 5 $(ARGS)
 
 test: data browser
 	@# pytest exits 5 when it collects nothing: say so instead of passing silently.
