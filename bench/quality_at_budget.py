@@ -58,14 +58,10 @@ def recipe_settings(args) -> str:
     file may change after the record is made."""
     parts = []
     if args.preset:
-        from selfsup.config import read_preset
+        from selfsup.config import flatten, read_preset
 
-        def flatten(tree: dict, prefix: str = "") -> list[str]:
-            return [item for key, value in tree.items() for item in
-                    (flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={value}"])]
-
-        flat = flatten(read_preset(args.preset))
-        parts.append(f"--preset {args.preset} ({' '.join(flat)})")
+        flat = " ".join(f"{key}={value}" for key, value in flatten(read_preset(args.preset)).items())
+        parts.append(f"--preset {args.preset} ({flat})")
     if args.config:
         parts.append(f"--config {args.config}")
     return " ".join(parts + list(args.set)) or "defaults"

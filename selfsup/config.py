@@ -219,6 +219,17 @@ def deep_update(target: dict, values: dict) -> None:
             target[key] = value
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested config tree as dotted keys: {"train": {"lr": 0.4}} -> {"train.lr": 0.4}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():

@@ -25,7 +25,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from selfsup.checkpoint import atomic_write
-from selfsup.config import Config, to_dict
+from selfsup.config import Config, flatten, to_dict
 from selfsup.data.splits import few_label_split, seeded_subset
 from selfsup.errors import SelfSupError
 from selfsup.studies.cells import pretrain_cell
@@ -34,16 +34,6 @@ from selfsup.methods.permutations import MODES, hamming_permutations, set_distan
 
 COLUMNS = ["mode", "P", "min_hamming", "mean_hamming", "steps", "pretext_acc", "linear_top1", "val_top1",
            "few_label_top1"]
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _last_pretext_accuracy(run_dir: Path) -> float | None:
@@ -89,8 +79,8 @@ def run_study(cfg: Config, permutations: list[int], modes: list[str], out: Path,
     settings["eval_limit"] = eval_limit
     study_file = out / "study.json"
     if study_file.exists():
-        before = _flatten(json.loads(study_file.read_text()).get("settings", {}))
-        now = _flatten(json.loads(json.dumps(settings)))
+        before = flatten(json.loads(study_file.read_text()).get("settings", {}))
+        now = flatten(json.loads(json.dumps(settings)))
         differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if differ:
             k = differ[0]
