@@ -284,6 +284,7 @@ def load_config(tree: dict | None = None, overrides: list[str] = (), file: str |
     settings still apply.
     """
     from selfsup.methods import METHODS
+    from selfsup.methods.base import MethodConfig
     from selfsup.views.recipes import ViewsConfig
 
     merged: dict = {}
@@ -297,7 +298,7 @@ def load_config(tree: dict | None = None, overrides: list[str] = (), file: str |
         base = read_preset(preset)
         named = [layer["method"]["name"] for layer in layers
                  if isinstance(layer.get("method"), dict) and layer["method"].get("name") is not None]
-        if named and named[-1] != (base.get("method") or {}).get("name", "simclr"):
+        if named and named[-1] != (base.get("method") or {}).get("name", MethodConfig.name):
             base = {k: v for k, v in base.items() if k != "method"}
         layers.insert(0, base)
     budget_given = None
@@ -320,7 +321,7 @@ def load_config(tree: dict | None = None, overrides: list[str] = (), file: str |
     if sum(getattr(train, k) is not None for k in BUDGET_KEYS) != 1:
         raise SelfSupError("give exactly one training budget: train.epochs, train.steps or train.minutes (e.g. --minutes 5)")
     method_values = dict(merged.get("method", {}))
-    name = method_values.get("name", "simclr")
+    name = method_values.get("name", MethodConfig.name)
     if name not in METHODS:
         raise SelfSupError(f"unknown method '{name}'; known methods: {', '.join(sorted(METHODS))} (see `selfsup methods`)")
     return Config(
