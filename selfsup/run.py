@@ -33,7 +33,7 @@ from selfsup.methods import METHODS, Method
 from selfsup.nets.backbones import build_backbone, default_width, resolved_options
 from selfsup.nets.encoders import adapt_channels
 from selfsup.report.html import split_name
-from selfsup.train import TrainResult, check_batch, resolve_device, train
+from selfsup.train import TrainResult, check_batch, cpu_bf16_native, describe_precision, resolve_device, train
 from selfsup.views.recipes import Recipe, build as build_views
 
 
@@ -257,7 +257,8 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": __import__("torchvision").__version__, "numpy": __import__("numpy").__version__,
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+        "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16_native(), "torch_threads": torch.get_num_threads(),
+        "device": str(device),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "started": datetime.now().isoformat(timespec="seconds"),
@@ -310,6 +311,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     log(f"data: {train_set.name} {len(train_set)} images {tuple(train_set.images.shape[1:])} from {train_set.origin}")
     log(f"method: {cfg.method.name}, backbone {cfg.model.backbone} ({method.backbone.dim}-d features), "
         f"views: {', '.join(getattr(method, 'views').names) if hasattr(method, 'views') else '-'}")
+    log(describe_precision(cfg.train.precision, device))
     for note in train_set.notes + backbone_notes(cfg.model, train_set.size) + list(getattr(method, "notes", [])):
         log(f"note: {note}")
     if (world := distributed.world_size()) > 1:

@@ -267,3 +267,49 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "encoder.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def _cpu_probes(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, want", [(False, False, None), (True, False, torch.bfloat16),
+                                                     (False, True, torch.bfloat16)])
+def test_auto_precision_is_bf16_on_cpus_that_compute_it(monkeypatch, avx512_bf16, amx, want):
+    from selfsup.train import autocast_dtype, describe_precision
+
+    _cpu_probes(monkeypatch, avx512_bf16, amx)
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) == want
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    line = describe_precision("auto", cpu)
+    assert ("bf16 autocast" in line) == (want is not None) and ("train.precision=fp32" in line) == (want is not None)
+    assert ("slower than fp32" in describe_precision("bf16", cpu)) == (want is None)
+
+
+def test_a_torch_without_the_cpu_probes_trains_in_fp32(monkeypatch):
+    from selfsup.train import autocast_dtype, cpu_bf16_native
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert cpu_bf16_native() is False and autocast_dtype("auto", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("native, precision, want", [(True, "auto", True), (False, "auto", False),
+                                                     (True, "fp32", False), (False, "bf16", True)])
+def test_the_training_step_runs_under_the_chosen_precision(tmp_path, monkeypatch, native, precision, want):
+    _cpu_probes(monkeypatch, native, False)
+    cfg, data, method = tiny_setup(2)
+    cfg.train.precision = precision
+    seen = []
+    original = method.loss
+
+    def loss(images):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(images)
+
+    monkeypatch.setattr(method, "loss", loss)
+    train(method, data.images, cfg.train, tmp_path / "run", progress=False)
+    assert seen == [want, want]
+    assert all(p.dtype == torch.float32 for p in method.parameters())  # weights stay fp32 under autocast
