@@ -100,7 +100,7 @@ def save_record(row: dict) -> None:
     record = {
         "method": row["method"], "seed": row["seed"], "date": row.get("date") or datetime.date.today().isoformat(),
         "overrides": row["overrides"], "pretext": row["pretext"], "note": row.get("note"),
-        "train": {"steps": t["steps"], "images_per_s": t["images_per_s"]},
+        "train": {"steps": t["steps"], "images_per_s": t["images_per_s"], "precision": t.get("precision", "fp32")},
         "eval": {"knn": {"top1": e["knn"]["top1"]}, "linear": {"top1": e["linear"]["top1"]},
                  "few_label": {k: e["few_label"][k] for k in ("labels", "ssl", "random_init", "supervised_scratch")}},
     }
@@ -170,7 +170,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     for method, rs in by_method.items():
         few = [r["eval"]["few_label"] for r in rs]
         gain = [f["ssl"] - f["random_init"] for f in few]
-        speeds = ", ".join(f"{r['train']['images_per_s']:.0f}" for r in rs)
+        speeds = ", ".join(f"{r['train']['images_per_s']:.0f}"
+                           + (" (bf16)" if r["train"].get("precision") == "bf16" else "") for r in rs)
         lines.append(
             f"| {method} | {METHODS[method].family} | {','.join(str(r['seed']) for r in rs)} | "
             f"{', '.join(str(r['train']['steps']) for r in rs)} | "
@@ -181,7 +182,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             f"{pct([f['supervised_scratch'] for f in few])} | {'+' if statistics.mean(gain) >= 0 else ''}"
             f"{100 * statistics.mean(gain):.1f} | {nmi(rs)} | {', '.join(sorted({r['date'] for r in rs}))} |")
     lines += ["", "images/s counts the batch's images (RotNet sees each in 4 rotations, jigsaw as 9 tiles, relpatch as 2 "
-              "patches). The last pretext accuracy is the training batches' mean over the last logging window. "
+              "patches); (bf16) marks a run trained under bf16 autocast (train.precision=auto on a CPU "
+              "with native bf16, from 2026-11-30), the others trained in fp32. The last pretext accuracy is the "
+              "training batches' mean over the last logging window. "
               "k-means NMI: k-means with one cluster per class on the frozen features of the test images, NMI with "
               "the labels (×100), the random-init backbone's in brackets; — for runs evaluated before the "
               "clustering protocol existed."]

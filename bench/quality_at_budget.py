@@ -34,7 +34,7 @@ from selfsup.config import load_config  # noqa: E402
 from selfsup.evaluate.protocol import evaluate  # noqa: E402
 from selfsup.nets.backbones import build_backbone, channel_stats  # noqa: E402
 from selfsup.run import backbone_settings, evaluate_run, load_data, pretrain  # noqa: E402
-from selfsup.train import resolve_device  # noqa: E402
+from selfsup.train import autocast_dtype, resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "quality"
@@ -89,6 +89,8 @@ def run_selfsup(args, budget: float, seed: int, log=print) -> dict:
     width, _ = backbone_settings(cfg.model)
     return {"steps": train["steps"], "images_per_s": train["images_per_s"], "seconds": train["seconds"],
             "backbone": f"{cfg.model.backbone} width {width}", "batch": cfg.train.batch_size,
+            "precision": train.get("precision")  # train.json says how it trained (runs from before it did: resolve)
+            or ("bf16" if autocast_dtype(cfg.train.precision, resolve_device(cfg.train.device)) else "fp32"),
             "settings": recipe_settings(args),
             **summary(result)}
 
@@ -115,6 +117,7 @@ def run_lightly(args, budget: float, seed: int, log=print) -> dict:
     result = evaluate(net, fresh, train, test, cfg.eval, seed, resolve_device(cfg.train.device), log=log)
     result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     return {**trained, "backbone": f"{cfg.model.backbone} width {width}", "batch": cfg.train.batch_size,
+            "precision": "fp32",  # lightly's recipe as its examples run it
             **summary(result)}
 
 
@@ -164,8 +167,10 @@ def table(recs: list[dict], data: str, validation: float | None) -> str:
     seen: dict[str, dict] = {}
     for rec in recs:
         seen.setdefault(rec["name"], rec)
-    lines += ["", "Recipes: " + "; ".join(f"**{n}**: {r['backbone']}, batch {r['batch']}, {r['settings']}"
-                                          for n, r in seen.items()) + "."]
+    # Records made before precision was recorded all trained in fp32.
+    lines += ["", "Recipes: " + "; ".join(f"**{n}**: {r['backbone']}, batch {r['batch']}, "
+                                          f"{'bf16 autocast' if r.get('precision') == 'bf16' else 'fp32'}, "
+                                          f"{r['settings']}" for n, r in seen.items()) + "."]
     noted = [r for r in recs if r.get("note")]
     if noted:
         # The usual note once, the exceptions by recipe and seed.

@@ -33,7 +33,8 @@ from selfsup.methods import METHODS, Method
 from selfsup.nets.backbones import build_backbone, default_width, resolved_options
 from selfsup.nets.encoders import adapt_channels
 from selfsup.report.html import split_name
-from selfsup.train import TrainResult, check_batch, cpu_bf16_native, describe_precision, resolve_device, train
+from selfsup.train import (TrainResult, autocast_dtype, check_batch, cpu_bf16_native, describe_precision,
+                           resolve_device, train)
 from selfsup.views.recipes import Recipe, build as build_views
 
 
@@ -333,7 +334,8 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
             log(f"note: figures skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     summary = {"steps": result.steps, "total_steps": result.total_steps, "seconds": round(result.seconds, 1),
                "images_per_s": round(result.images_per_second, 1), "final_loss": result.final_loss,
-               "interrupted": result.interrupted}
+               "interrupted": result.interrupted,
+               "precision": "bf16" if autocast_dtype(cfg.train.precision, device) else "fp32"}  # as trained
     if not result.interrupted and hasattr(method, "bank_knn"):
         summary["bank_knn"] = bank_knn_monitor(method, cfg, train_set, log)
     write_json(run_dir / "train.json", summary)

@@ -153,3 +153,6 @@ def test_pretrain_with_a_preset_saves_its_settings(tmp_path):
     for key, value in preset["train"].items():
         assert saved["train"][key] == value, key
     assert saved["model"]["width"] == 4  # --set still wins over the preset
+    assert "\nprecision: " in r.stdout  # what precision auto chose on this machine, and why
+    native = json.loads((out / "env.json").read_text())["cpu_bf16"]
+    assert json.loads((out / "train.json").read_text())["precision"] == ("bf16" if native else "fp32")  # as trained
