@@ -1,7 +1,8 @@
-"""Compute efficiency of a pretraining step: the FLOP/s a method's training step achieves against the fp32 matmul
-FLOP/s of the same machine, both measured in this one process.
+"""Compute efficiency of a pretraining step: the FLOP/s a method's training step achieves against the matmul FLOP/s
+of the same machine in the same precision, both measured in this one process.
 
     python bench/efficiency.py --method simclr --backbones small-cnn:32 small-cnn:48 small-cnn:64 resnet18 --batch 256
+    python bench/efficiency.py --method vicreg --backbones small-cnn:32 --precision fp32 bf16
 
 FLOPs of a step (forward and backward of every matmul and convolution, views and optimizer not counted) come from
 torch.utils.flop_counter.FlopCounterMode on one step; the step time is the mean of --steps timed steps (views,
@@ -27,9 +28,9 @@ from throughput import time_steps, training_step  # noqa: E402
 from selfsup.data import sources  # noqa: E402
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` (n x n) @ (n x n) fp32 products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of the fastest of `repeats` (n x n) @ (n x n) products in `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -40,9 +41,9 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 def step_cost(method_name: str, backbone: str, width: int | None, images: torch.Tensor, batch: int,
-              steps: int) -> dict:
+              steps: int, precision: str = "fp32") -> dict:
     """FLOPs of one training step and its measured seconds (mean of `steps` after 3 warm-up steps)."""
-    step, method = training_step(images, batch, backbone, method_name, width)
+    step, method = training_step(images, batch, backbone, method_name, width, precision)
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -61,31 +62,40 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--matmul", type=int, default=2048, help="side of the matmul that measures the peak")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                   help="step precision(s): fp32, or bf16 autocast against a bf16 matmul peak")
     args = p.parse_args()
     images = sources.load(args.data, "train").images[:20000]
-    peak = matmul_peak(args.matmul)
-    print(f"fp32 matmul peak ({args.matmul}^2, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {prec: matmul_peak(args.matmul, dtype=dtypes[prec]) for prec in args.precision}
+    for prec, peak in peaks.items():
+        print(f"{prec} matmul peak ({args.matmul}^2, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s",
+              flush=True)
     rows = []
-    for spec in args.backbones:
-        name, _, width = spec.partition(":")
-        steps = args.steps if name != "resnet18" else max(2, args.steps // 5)
-        cost = step_cost(args.method, name, int(width) if width else None, images, args.batch, steps)
-        achieved = cost["flops"] / cost["seconds"]
-        rows.append(f"| {spec} | {cost['params'] / 1e6:.2f} M | {cost['flops'] / 1e9:.1f} | "
-                    f"{1000 * cost['seconds']:.0f} | {args.batch / cost['seconds']:.0f} | {achieved / 1e9:.1f} | "
-                    f"{100 * achieved / peak:.0f}% |")
-        print(rows[-1], flush=True)
-    # The peak again after the runs: a machine that got busier meanwhile shows here.
-    peak_after = matmul_peak(args.matmul)
+    for prec in args.precision:
+        for spec in args.backbones:
+            name, _, width = spec.partition(":")
+            steps = args.steps if name != "resnet18" else max(2, args.steps // 5)
+            cost = step_cost(args.method, name, int(width) if width else None, images, args.batch, steps, prec)
+            achieved = cost["flops"] / cost["seconds"]
+            rows.append(f"| {spec} | {prec} | {cost['params'] / 1e6:.2f} M | {cost['flops'] / 1e9:.1f} | "
+                        f"{1000 * cost['seconds']:.0f} | {args.batch / cost['seconds']:.0f} | "
+                        f"{achieved / 1e9:.1f} | {100 * achieved / peaks[prec]:.0f}% |")
+            print(rows[-1], flush=True)
+    # The peaks again after the runs: a machine that got busier meanwhile shows here.
+    after = {prec: matmul_peak(args.matmul, dtype=dtypes[prec]) for prec in args.precision}
+    peak_text = "; ".join(f"{prec} {peaks[prec] / 1e9:.1f} GFLOP/s before the steps and {after[prec] / 1e9:.1f} after"
+                          for prec in args.precision)
     body = "\n".join([
         f"{args.method} training steps on {args.data} ({tuple(images.shape[1:])}), batch {args.batch}, SGD, "
-        "channels_last weights. GFLOP counts forward and backward of matmuls and convolutions "
-        "(torch.utils.flop_counter), not views, elementwise ops or the optimizer. Peak: fp32 "
-        f"{args.matmul}x{args.matmul} matmul on the same threads, {peak / 1e9:.1f} GFLOP/s before the steps and "
-        f"{peak_after / 1e9:.1f} after.",
+        "channels_last weights; bf16 rows run views, forward and loss under bf16 autocast (fp32 weights). GFLOP "
+        "counts forward and backward of matmuls and convolutions (torch.utils.flop_counter), not views, elementwise "
+        f"ops or the optimizer. Peak: {args.matmul}x{args.matmul} matmul in the row's precision on the same "
+        f"threads: {peak_text}.",
         "",
-        "| backbone | backbone params | GFLOP per step | ms per step | images/s | achieved GFLOP/s | of matmul peak |",
-        "|---|---|---|---|---|---|---|",
+        "| backbone | precision | backbone params | GFLOP per step | ms per step | images/s | achieved GFLOP/s | "
+        "of matmul peak |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
     print(body)

@@ -37,9 +37,11 @@ def time_steps(step, steps: int, warmup: int = 3) -> float:
 
 
 def training_step(images: torch.Tensor, batch: int, backbone: str, method_name: str = "simclr",
-                  width: int | None = None):
+                  width: int | None = None, precision: str = "fp32"):
     """(step, method): one SGD step of `method_name` on a random batch of `images`, set up as the training loop
-    sets it up by default (channels_last weights); views, forward, backward and the optimizer all run in step()."""
+    sets it up by default (channels_last weights); views, forward, backward and the optimizer all run in step().
+    precision bf16: the views, forward and loss run under bf16 autocast, as train.precision=bf16 (or auto on a CPU
+    with native bf16) does in the training loop."""
     model = {"backbone": backbone, **({"width": width} if width else {})}
     cfg = load_config({"method": {"name": method_name}, "model": model, "train": {"steps": 1}})
     data = sources.ImageSet(images, torch.full((len(images),), -1), [], "bench", "memory")
@@ -52,7 +54,8 @@ def training_step(images: torch.Tensor, batch: int, backbone: str, method_name: 
 
     def step():
         idx = torch.randint(0, len(images), (batch,), generator=g)
-        loss, _ = method.step_loss(images[idx], idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss, _ = method.step_loss(images[idx], idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
