@@ -63,7 +63,7 @@ class TrainConfig:
     min_lr_fraction: float = opt(0.0, "Learning rate at the end of the cosine, as a fraction of the peak.", min=0, max=1)
     seed: int = opt(0, "Seed for initialization, data order and views.")
     device: str = opt("auto", "Device: auto (cuda if present), cpu, cuda, cuda:N.")
-    precision: str = opt("auto", "auto: bf16 autocast where the hardware computes bf16 natively (a CUDA device with bf16; a CPU with AVX512-BF16 or AMX, e.g. AMD Zen 4, Intel Sapphire Rapids: 1.7x faster here), else fp32; or fp32; or bf16 (slow on CPUs that emulate it). Weights and losses stay fp32.", choices=["auto", "fp32", "bf16"])
+    precision: str = opt("auto", "auto: bf16 autocast where the hardware computes bf16 natively (a CUDA device with bf16; a CPU with AVX512-BF16 or AMX, e.g. AMD Zen 4, Intel Sapphire Rapids: 1.45-1.7x the images/s of fp32 on a 2-core Zen 4, docs/tuning.md), else fp32; or fp32; or bf16 (slow on CPUs that emulate it). Weights and losses stay fp32.", choices=["auto", "fp32", "bf16"])
     threads: int | None = opt(None, "CPU threads for PyTorch; None keeps PyTorch's default (one per core).", min=1)
     checkpoint_minutes: float = opt(5.0, "Write checkpoints/last.pt this often (and always at the end or on Ctrl-C).", min=0)
     log_every: int = opt(20, "Write a line to metrics.jsonl every N steps.", min=1)

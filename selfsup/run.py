@@ -33,8 +33,7 @@ from selfsup.methods import METHODS, Method
 from selfsup.nets.backbones import build_backbone, default_width, resolved_options
 from selfsup.nets.encoders import adapt_channels
 from selfsup.report.html import split_name
-from selfsup.train import (TrainResult, autocast_dtype, check_batch, cpu_bf16_native, describe_precision,
-                           resolve_device, train)
+from selfsup.train import TrainResult, check_batch, cpu_bf16_native, describe_precision, resolve_device, train
 from selfsup.views.recipes import Recipe, build as build_views
 
 
@@ -312,7 +311,8 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     log(f"data: {train_set.name} {len(train_set)} images {tuple(train_set.images.shape[1:])} from {train_set.origin}")
     log(f"method: {cfg.method.name}, backbone {cfg.model.backbone} ({method.backbone.dim}-d features), "
         f"views: {', '.join(getattr(method, 'views').names) if hasattr(method, 'views') else '-'}")
-    log(describe_precision(cfg.train.precision, device))
+    if resume_dir is None:  # a resumed run continues in the precision it started in (train.py)
+        log(describe_precision(cfg.train.precision, device))
     for note in train_set.notes + backbone_notes(cfg.model, train_set.size) + list(getattr(method, "notes", [])):
         log(f"note: {note}")
     if (world := distributed.world_size()) > 1:
@@ -335,12 +335,12 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume_dir: str | Path 
     summary = {"steps": result.steps, "total_steps": result.total_steps, "seconds": round(result.seconds, 1),
                "images_per_s": round(result.images_per_second, 1), "final_loss": result.final_loss,
                "interrupted": result.interrupted,
-               "precision": "bf16" if autocast_dtype(cfg.train.precision, device) else "fp32"}  # as trained
+               "precision": result.precision}  # as trained: fp32, bf16, or e.g. fp32+bf16 across a resume
     if not result.interrupted and hasattr(method, "bank_knn"):
         summary["bank_knn"] = bank_knn_monitor(method, cfg, train_set, log)
     write_json(run_dir / "train.json", summary)
     log(f"pretraining {'stopped' if result.interrupted else 'done'}: {result.steps}/{result.total_steps} steps in "
-        f"{result.seconds / 60:.1f} min, {result.images_per_second:.0f} images/s"
+        f"{result.seconds / 60:.1f} min, {result.images_per_second:.0f} images/s ({result.precision})"
         + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""))
     return run_dir, result
 
@@ -539,6 +539,7 @@ def results_table(cfg: Config, result: dict, run_dir: Path) -> str:
         + f" on {result['data']['name']} ({result['data']['train']} training images, "
         f"{result['data']['test']} {split_name(result)} images), backbone {cfg.model.backbone}, seed {cfg.train.seed}"
         + (f", pretrained {train_info['steps']} steps in {train_info['seconds'] / 60:.1f} min" if train_info else "")
+        + (f" ({train_info['precision']})" if train_info.get("precision") else "")
         + ".",
         "",
         f"| features | kNN top-1 (k={knn.get('k', cfg.eval.knn_k)}) | linear, all labels | few-label, {n} labels | "

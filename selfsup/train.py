@@ -56,7 +56,8 @@ def resolve_device(name: str) -> torch.device:
 def cpu_bf16_native() -> bool:
     """True when this CPU computes bf16 in hardware: AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake) or AMX
     (Intel Sapphire Rapids and later). There oneDNN runs bf16 convolutions and matmuls faster than fp32 (a VICReg
-    step of small-cnn here: 1.7x, docs/tuning.md); elsewhere bf16 is emulated and slower than fp32."""
+    step of small-cnn on a 2-core Zen 4: 1.45x, docs/tuning.md); x86 CPUs without them emulate bf16, slower than
+    fp32. Other CPUs (e.g. ARM with bf16) answer no here: fp32 until measured."""
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         check = getattr(torch.cpu, probe, None)  # private helpers of torch.cpu: a build without them answers no
         try:
@@ -86,10 +87,10 @@ def describe_precision(precision: str, device: torch.device) -> str:
     """One line for the log: what precision.auto (or the setting) chose on this device, and why."""
     dtype = autocast_dtype(precision, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_bf16_native():
-        return ("precision: bf16 (train.precision=bf16), emulated on this CPU and slower than fp32; "
-                "train.precision=auto picks fp32 here")
+        return ("precision: bf16 autocast, fp32 weights (train.precision=bf16), emulated on this CPU and slower than "
+                "fp32; --set train.precision=auto picks fp32 here")
     if precision != "auto":
-        return f"precision: {precision} (train.precision={precision})"
+        return f"precision: {'bf16 autocast, fp32 weights' if dtype else 'fp32'} (train.precision={precision})"
     if dtype is None:
         return f"precision: fp32 (auto: {device.type} without native bf16)"
     why = "a CPU with native bf16 (AVX512-BF16 or AMX)" if device.type == "cpu" else "a CUDA device with bf16"
@@ -228,6 +229,7 @@ class TrainResult:
     images_per_second: float
     interrupted: bool
     final_loss: float | None
+    precision: str = "fp32"  # what the steps ran in: fp32, bf16, or e.g. "fp32+bf16" for a run resumed in another
 
 
 def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
@@ -265,8 +267,15 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
     budget = Budget.plan(cfg, steps_per_epoch)
     step, elapsed_before = 0, 0.0
     metrics_path = run_dir / "metrics.jsonl"
+    dtype = autocast_dtype(cfg.precision, device)
+    if world > 1:  # one precision for every process: under auto, rank 0's hardware decides
+        dtype = distributed.broadcast_object(dtype)
+    used: list[str] = []  # the precisions this run's steps ran in, in order (a resumed run may add one)
     if resume:
         state = load_checkpoint(run_dir / CHECKPOINT)
+        used = state.get("precision") or [_legacy_precision(cfg.precision, device)]
+        if cfg.precision == "auto":  # continue as it started, whatever this machine would pick for a new run
+            dtype = torch.bfloat16 if used[-1] == "bf16" else None
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], {"views": generator})
@@ -283,7 +292,9 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
-    dtype = autocast_dtype(cfg.precision, device)
+    precision = "bf16" if dtype is not None else "fp32"
+    if not used or used[-1] != precision:
+        used.append(precision)
     step_fn = method.step_loss
     if world > 1:
         # forward_sync_buffers=False: buffers (BN statistics, queues, memory banks) start as rank 0's and are then
@@ -308,7 +319,7 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
             "method": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "total_steps": budget.total_steps, "warmup_steps": budget.warmup, "elapsed": elapsed,
             "rng": rng_state({"views": generator}),
-            "world_size": world, "local_generators": local_states,
+            "world_size": world, "local_generators": local_states, "precision": used,
             "format": 1,
         })
 
@@ -414,7 +425,16 @@ def train(method: Method, images: torch.Tensor, cfg: TrainConfig, run_dir: str |
     if board is not None:
         board.close()
     return TrainResult(step, budget.total_steps, total_seconds,
-                       (step * cfg.batch_size / total_seconds) if total_seconds > 0 else 0.0, interrupted, loss_value)
+                       (step * cfg.batch_size / total_seconds) if total_seconds > 0 else 0.0, interrupted, loss_value,
+                       "+".join(used))
+
+
+def _legacy_precision(precision: str, device: torch.device) -> str:
+    """What a checkpoint from before checkpoints recorded their precision trained in: auto then meant bf16 on CUDA
+    devices with bf16 and fp32 everywhere else."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -31,7 +31,8 @@ def tiny(method: dict, steps: int, batch_size: int = 16, seed: int = 0, extra_tr
 
     cfg = load_config({"data": {"name": "synthetic"}, "model": tiny_model(method["name"]), "method": method,
                        "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "optimizer": "sgd",
-                                 "lr": 0.1, "log_every": 1, "device": "cpu", **(extra_train or {})}})
+                                 "lr": 0.1, "log_every": 1, "device": "cpu", "precision": "fp32",  # not auto's
+                                 **(extra_train or {})}})  # machine-dependent choice
     data = sources.load("synthetic", "train", n=N_IMAGES, seed=0, channels=METHODS[method["name"]].min_channels)
     torch.manual_seed(seed)
     built, _ = build_method(cfg, data)

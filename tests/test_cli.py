@@ -146,7 +146,7 @@ def test_pretrain_with_a_preset_saves_its_settings(tmp_path):
 
     out = tmp_path / "run"
     r = selfsup("pretrain", "--preset", "fast-cpu", "--data", "synthetic", "--steps", "2", "--limit", "256",
-                "--set", "model.width=4", "--out", str(out), "--no-progress")
+                "--set", "model.width=4", "--set", "train.device=cpu", "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     saved = yaml.safe_load((out / "config.yaml").read_text())
     preset = yaml.safe_load(presets()["fast-cpu"].read_text())

@@ -80,7 +80,8 @@ def test_a_recipe_with_the_wrong_number_of_views_is_one_clear_error(name):
 @pytest.mark.parametrize("name, backbone", [(n, b) for n in sorted(METHODS) for b in sorted(TINY)
                                              if METHODS[n].requires_backbone in (None, b)])  # refusals: test_one_step
 def test_one_step_under_bf16_autocast(name, backbone):
-    """precision=auto picks bf16 on recent GPUs: every method's loss, views included, must run under it."""
+    """precision=auto picks bf16 on recent GPUs and on CPUs with native bf16: every method's loss, views included,
+    must run under it."""
     channels = max(3, METHODS[name].min_channels)
     cfg = load_config({"method": {"name": name}, "model": TINY[backbone]})
     data = sources.load("synthetic", "train", n=32, channels=channels, image_size=32, seed=0)

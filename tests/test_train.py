@@ -15,10 +15,12 @@ from selfsup.run import build_method
 from selfsup.train import Budget, StopRequest, train
 
 
-def tiny_setup(steps: int, seed: int = 0, optimizer: str = "lars", method: dict | None = None, channels: int = 1):
+def tiny_setup(steps: int, seed: int = 0, optimizer: str = "lars", method: dict | None = None, channels: int = 1,
+               precision: str = "fp32"):
+    # fp32 unless asked: precision auto would test bf16 on CPUs with native bf16 and fp32 elsewhere.
     cfg = load_config({"data": {"name": "synthetic"}, "model": {"width": 4}, "method": method or {"name": "simclr"},
                        "train": {"steps": steps, "batch_size": 16, "seed": seed, "optimizer": optimizer,
-                                 "log_every": 1, "device": "cpu"}})
+                                 "log_every": 1, "device": "cpu", "precision": precision}})
     data = sources.load("synthetic", "train", n=96, seed=0, channels=channels)
     method, _ = build_method(cfg, data)
     return cfg, data, method
@@ -310,6 +312,40 @@ def test_the_training_step_runs_under_the_chosen_precision(tmp_path, monkeypatch
         return original(images)
 
     monkeypatch.setattr(method, "loss", loss)
-    train(method, data.images, cfg.train, tmp_path / "run", progress=False)
-    assert seen == [want, want]
-    assert all(p.dtype == torch.float32 for p in method.parameters())  # weights stay fp32 under autocast
+    features = []
+    method.backbone.register_forward_hook(lambda module, args, out: features.append(out.dtype))
+    result = train(method, data.images, cfg.train, tmp_path / "run", progress=False)
+    assert seen == [want, want] and result.precision == ("bf16" if want else "fp32")
+    assert set(features) == {torch.bfloat16 if want else torch.float32}  # the convolutions ran in it
+
+
+def test_resume_under_bf16_is_bitwise_exact(tmp_path, monkeypatch):
+    assert_resume_is_exact(tmp_path, monkeypatch, steps=6, stop=3, precision="bf16")
+
+
+@pytest.mark.parametrize("resumed_with, want", [("auto", "fp32"), ("bf16", "fp32+bf16")])
+def test_a_resumed_run_keeps_its_precision_under_auto(tmp_path, monkeypatch, resumed_with, want):
+    """A run started in fp32 (another machine, or auto before it picked bf16 on CPUs) and resumed where auto would
+    pick bf16 continues in fp32; a precision asked for explicitly is honoured, and the record says both."""
+    cfg, data, first = tiny_setup(4)
+    interrupt_after(first, monkeypatch, 2)
+    assert train(first, data.images, cfg.train, tmp_path / "run", progress=False).precision == "fp32"
+    _cpu_probes(monkeypatch, True, False)
+    cfg, _, resumed = tiny_setup(4, precision=resumed_with)
+    result = train(resumed, data.images, cfg.train, tmp_path / "run", resume=True, progress=False)
+    assert result.steps == 4 and result.precision == want
+
+
+def test_a_checkpoint_from_before_precision_was_recorded_resumes_in_fp32_on_a_cpu(tmp_path, monkeypatch):
+    from selfsup.checkpoint import save_checkpoint
+
+    cfg, data, first = tiny_setup(4)
+    interrupt_after(first, monkeypatch, 2)
+    train(first, data.images, cfg.train, tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    del state["precision"]  # as written before checkpoints said
+    save_checkpoint(path, state)
+    _cpu_probes(monkeypatch, True, False)
+    cfg, _, resumed = tiny_setup(4, precision="auto")
+    assert train(resumed, data.images, cfg.train, tmp_path / "run", resume=True, progress=False).precision == "fp32"
