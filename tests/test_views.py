@@ -490,3 +490,20 @@ def test_multicrop_gives_global_then_local_views():
 def test_moco_v2_blurs_at_every_size():
     assert "gaussian blur (p=0.5" in build(ViewsConfig(recipe="moco-v2"), 1, 28).names[4]
     assert "off" in build(ViewsConfig(recipe="simclr"), 1, 28).names[4]
+
+
+def test_colour_conversions_and_sobel_stay_fp32_under_bf16_autocast():
+    """They prepare data (colorization's targets, split-brain's inputs, Sobel views) inside the training step,
+    which runs under bf16 autocast on CPUs with native bf16: their matmuls and convolutions must not round."""
+    from selfsup.views.lab import lab_to_rgb, lightness, rgb_to_lab
+
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def outputs():
+        return [rgb_to_lab(x), lightness(x), lab_to_rgb(rgb_to_lab(x)), ops.sobel(x), ops.sobel(x, output="xy")]
+
+    plain = outputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = outputs()
+    for a, b in zip(plain, under):
+        assert b.dtype == torch.float32 and torch.equal(a, b)

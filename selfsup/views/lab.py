@@ -38,7 +38,8 @@ def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
     rgb = _as_rgb(x.float()).clamp(0, 1)
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
     m = (_RGB_TO_XYZ / _WHITE[:, None]).to(linear)  # XYZ already divided by the white point
-    xyz = torch.einsum("ij,...jhw->...ihw", m, linear)
+    with torch.autocast(x.device.type, enabled=False):  # a colour conversion: fp32 even inside a bf16 training step
+        xyz = torch.einsum("ij,...jhw->...ihw", m, linear)
     f = torch.where(xyz > _EPS, xyz.clamp_min(_EPS) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     fx, fy, fz = f.unbind(-3)
     return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
@@ -53,7 +54,8 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     f = torch.stack([fy + a / 500, fy, (fy - b / 200).clamp_min(0)], dim=-3)
     xyz = torch.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29))
     m = torch.linalg.inv(_RGB_TO_XYZ / _WHITE[:, None]).to(xyz)
-    linear = torch.einsum("ij,...jhw->...ihw", m, xyz).clamp(0, 1)
+    with torch.autocast(xyz.device.type, enabled=False):
+        linear = torch.einsum("ij,...jhw->...ihw", m, xyz).clamp(0, 1)
     return torch.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear).clamp(0, 1)
 
 
@@ -67,7 +69,8 @@ def lightness(x: torch.Tensor) -> torch.Tensor:
     """(..., 1 or 3, H, W) sRGB in [0, 1] -> (..., 1, H, W) L/100 in [0, 1]; only Y is needed, so it is cheap."""
     rgb = _as_rgb(x.float()).clamp(0, 1)
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    y = torch.einsum("j,...jhw->...hw", _RGB_TO_XYZ[1].to(linear), linear).unsqueeze(-3)
+    with torch.autocast(x.device.type, enabled=False):
+        y = torch.einsum("j,...jhw->...hw", _RGB_TO_XYZ[1].to(linear), linear).unsqueeze(-3)
     f = torch.where(y > _EPS, y.clamp_min(_EPS) ** (1 / 3), y / (3 * (6 / 29) ** 2) + 4 / 29)
     return (116 * f - 16) / 100
 

@@ -592,7 +592,8 @@ def sobel(x: Tensor, output: str = "magnitude") -> Tensor:
         raise SelfSupError(f"sobel output must be 'magnitude' or 'xy', got {output!r}")
     y = F.pad(luma(x), (1, 1, 1, 1), mode="replicate")
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device)
-    grads = F.conv2d(y, torch.stack([kx, kx.t()]).unsqueeze(1))  # (B, 2, H, W), each in [-4, 4]
+    with torch.autocast(x.device.type, enabled=False):  # data preparation: the batch's precision, as blur
+        grads = F.conv2d(y, torch.stack([kx, kx.t()]).unsqueeze(1).to(y.dtype))  # (B, 2, H, W), each in [-4, 4]
     if output == "xy":
         return (grads / 8 + 0.5).clamp_(0, 1)
     mag = grads.pow(2).sum(1, keepdim=True).sqrt_() / (4 * math.sqrt(2))
