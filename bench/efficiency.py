@@ -26,6 +26,7 @@ from report import write_section  # noqa: E402
 from throughput import time_steps, training_step  # noqa: E402
 
 from selfsup.data import sources  # noqa: E402
+from selfsup.train import cpu_bf16_native  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -65,6 +66,8 @@ def main() -> None:
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                    help="step precision(s): fp32, or bf16 autocast against a bf16 matmul peak")
     args = p.parse_args()
+    if "bf16" in args.precision and not cpu_bf16_native():
+        print("note: this CPU emulates bf16 (no AVX512-BF16 or AMX): the bf16 rows measure the emulation", flush=True)
     images = sources.load(args.data, "train").images[:20000]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {prec: matmul_peak(args.matmul, dtype=dtypes[prec]) for prec in args.precision}

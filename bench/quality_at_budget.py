@@ -34,7 +34,7 @@ from selfsup.config import load_config  # noqa: E402
 from selfsup.evaluate.protocol import evaluate  # noqa: E402
 from selfsup.nets.backbones import build_backbone, channel_stats  # noqa: E402
 from selfsup.run import backbone_settings, evaluate_run, load_data, pretrain  # noqa: E402
-from selfsup.train import autocast_dtype, resolve_device  # noqa: E402
+from selfsup.train import resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "quality"
@@ -89,8 +89,7 @@ def run_selfsup(args, budget: float, seed: int, log=print) -> dict:
     width, _ = backbone_settings(cfg.model)
     return {"steps": train["steps"], "images_per_s": train["images_per_s"], "seconds": train["seconds"],
             "backbone": f"{cfg.model.backbone} width {width}", "batch": cfg.train.batch_size,
-            "precision": train.get("precision")  # train.json says how it trained (runs from before it did: resolve)
-            or ("bf16" if autocast_dtype(cfg.train.precision, resolve_device(cfg.train.device)) else "fp32"),
+            "precision": train["precision"],  # as trained (train.json)
             "settings": recipe_settings(args),
             **summary(result)}
 
@@ -156,8 +155,10 @@ def table(recs: list[dict], data: str, validation: float | None) -> str:
     for (name, budget), rs in groups(recs).items():
         over_random = [r["few_label"] - r["random_init"] for r in rs]
         over_scratch = [r["few_label"] - r["scratch"] for r in rs]
+        mixed = len({r.get("precision", "fp32") for r in rs}) > 1  # seeds in fp32 and in bf16: say so in the row
         lines.append(
-            f"| {name} | {budget:g} | {','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
+            f"| {name}{' (seeds mix fp32 and bf16)' if mixed else ''} | {budget:g} | "
+            f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
             f"{round(statistics.mean(r['steps'] for r in rs))} | {statistics.mean(r['images_per_s'] for r in rs):.0f} | "
             f"{mean_std([r['knn'] for r in rs])} | {mean_std([r['linear'] for r in rs])} | "
             f"{mean_std([r['few_label'] for r in rs])} | {mean_std([r['random_init'] for r in rs])} | "

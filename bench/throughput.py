@@ -54,7 +54,7 @@ def training_step(images: torch.Tensor, batch: int, backbone: str, method_name: 
 
     def step():
         idx = torch.randint(0, len(images), (batch,), generator=g)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss, _ = method.step_loss(images[idx], idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
