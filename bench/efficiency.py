@@ -26,7 +26,7 @@ from report import write_section  # noqa: E402
 from throughput import time_steps, training_step  # noqa: E402
 
 from selfsup.data import sources  # noqa: E402
-from selfsup.train import cpu_bf16_native  # noqa: E402
+from selfsup.precision import cpu_bf16_native  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:

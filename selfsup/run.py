@@ -32,8 +32,9 @@ from selfsup.evaluate.protocol import PROTOCOLS, evaluate
 from selfsup.methods import METHODS, Method
 from selfsup.nets.backbones import build_backbone, default_width, resolved_options
 from selfsup.nets.encoders import adapt_channels
+from selfsup.precision import cpu_bf16_native, describe_precision
 from selfsup.report.html import split_name
-from selfsup.train import TrainResult, check_batch, cpu_bf16_native, describe_precision, resolve_device, train
+from selfsup.train import TrainResult, check_batch, resolve_device, train
 from selfsup.views.recipes import Recipe, build as build_views
 
 

@@ -279,7 +279,7 @@ def _cpu_probes(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
 @pytest.mark.parametrize("avx512_bf16, amx, want", [(False, False, None), (True, False, torch.bfloat16),
                                                      (False, True, torch.bfloat16)])
 def test_auto_precision_is_bf16_on_cpus_that_compute_it(monkeypatch, avx512_bf16, amx, want):
-    from selfsup.train import autocast_dtype, describe_precision
+    from selfsup.precision import autocast_dtype, describe_precision
 
     _cpu_probes(monkeypatch, avx512_bf16, amx)
     cpu = torch.device("cpu")
@@ -291,7 +291,7 @@ def test_auto_precision_is_bf16_on_cpus_that_compute_it(monkeypatch, avx512_bf16
 
 
 def test_a_torch_without_the_cpu_probes_trains_in_fp32(monkeypatch):
-    from selfsup.train import autocast_dtype, cpu_bf16_native
+    from selfsup.precision import autocast_dtype, cpu_bf16_native
 
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
