@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_section  # noqa: E402
 
 from selfsup.config import load_config  # noqa: E402
+from selfsup.hardware import cpu_key, cpu_label  # noqa: E402
 from selfsup.evaluate.protocol import evaluate  # noqa: E402
 from selfsup.nets.backbones import build_backbone, channel_stats  # noqa: E402
 from selfsup.run import backbone_settings, evaluate_run, load_data, pretrain  # noqa: E402
@@ -44,9 +45,13 @@ PROTOCOLS = ["knn", "linear", "few-label"]
 GOALS = {("fashion-mnist", 200): {"few_label": 85.0, "linear": 91.0}}
 
 
-def record_path(results: Path, name: str, data: str, budget: float, seed: int, validation: float | None) -> Path:
+def record_path(results: Path, name: str, data: str, budget: float, seed: int, validation: float | None,
+                machine: str | None = None) -> Path:
+    """Where a record is kept; `machine` (cpu_key) is part of the name, since a budget in minutes means another
+    amount of training on another CPU. Records made before machines were recorded (2026-12-07) have none."""
     split = f"-val{validation:g}" if validation else ""
-    return Path(results) / f"{name}-{data}-{budget:g}min-seed{seed}{split}.json"
+    on = f"-{machine}" if machine else ""
+    return Path(results) / f"{name}-{data}-{budget:g}min-seed{seed}{split}{on}.json"
 
 
 def summary(result: dict) -> dict:
@@ -121,9 +126,8 @@ def run_lightly(args, budget: float, seed: int, log=print) -> dict:
 
 
 def records(results: Path, data: str, validation: float | None) -> list[dict]:
-    split = f"-val{validation:g}" if validation else ""
     found = []
-    for path in sorted(Path(results).glob(f"*-{data}-*min-seed*{split}.json")):
+    for path in sorted(Path(results).glob(f"*-{data}-*min-seed*.json")):
         rec = json.loads(path.read_text())
         if rec["data"] == data and rec.get("validation") == validation:
             found.append(rec)
@@ -146,7 +150,8 @@ def groups(recs: list[dict]) -> dict[tuple[str, float], list[dict]]:
 
 def table(recs: list[dict], data: str, validation: float | None) -> str:
     split = "validation images (held-out training images)" if validation else "test split"
-    lines = [f"Pretraining for each budget on {data} (wall clock on this machine), then the frozen backbone "
+    machine = recs[0].get("machine") or "one machine, not recorded"
+    lines = [f"Pretraining for each budget on {data} (wall clock on {machine}), then the frozen backbone "
              f"evaluated by selfsup's protocol on the {split}; mean ± std over seeds, top-1 %. Both baselines are "
              "measured inside each run; evaluation time is not part of the budget.", "",
              "| recipe | minutes | seeds | steps | images/s | kNN | linear, all labels | few-label SSL | few-label "
@@ -220,7 +225,8 @@ def curve_png(recs: list[dict], data: str, validation: float | None, path: Path)
     axes[0].legend(fontsize=7)
     if goal:
         axes[1].legend(fontsize=7)
-    fig.suptitle(f"Quality per CPU-minute on {data}; mean ± std over seeds")
+    on = recs[0].get("machine") or "machine not recorded"
+    fig.suptitle(f"Quality per CPU-minute on {data} ({on}); mean ± std over seeds", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -237,8 +243,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="a config override (our recipe; the backbone and "
                                                                "batch size apply to the peer too)")
     p.add_argument("--name", default="selfsup", help="the recipe's name in the table and its records")
-    p.add_argument("--peers", default="lightly", choices=["lightly", "none"],
-                   help="also run lightly's SimCLR recipe on the same backbone and batch size")
+    p.add_argument("--peers", default="lightly", choices=["lightly", "none", "lightly-only"],
+                   help="also run lightly's SimCLR recipe on the same backbone and batch size (lightly-only: "
+                        "run only it, e.g. to fill in its curve while ours is recorded)")
     p.add_argument("--validation", type=float, help="score on this fraction of the training images "
                                                      "(data.validation) instead of the test split")
     p.add_argument("--note", help="a sentence kept with the records this invocation makes (e.g. how busy the "
@@ -248,18 +255,21 @@ def main() -> None:
     p.add_argument("--images", default=str(ROOT / "docs" / "images"), help="where the curve PNG goes")
     p.add_argument("--table-only", action="store_true", help="rewrite the table and curve from the records")
     args = p.parse_args()
-    recipes = [(args.name, run_selfsup)] + ([("lightly-simclr", run_lightly)] if args.peers == "lightly" else [])
+    recipes = ([] if args.peers == "lightly-only" else [(args.name, run_selfsup)]) + \
+        ([("lightly-simclr", run_lightly)] if args.peers.startswith("lightly") else [])
+    here = cpu_key()
     for budget in [] if args.table_only else args.budgets:
         for seed in args.seeds:
             for name, runner in recipes:
-                path = record_path(args.results, name, args.data, budget, seed, args.validation)
+                path = record_path(args.results, name, args.data, budget, seed, args.validation, here)
                 if path.exists():
                     print(f"{path.name}: recorded, not run again")
                     continue
                 print(f"== {name}, {budget:g} min, seed {seed}", flush=True)
                 rec = runner(args, budget, seed)
                 rec.update({"name": name, "data": args.data, "budget": budget, "seed": seed,
-                            "validation": args.validation, "date": date.today().isoformat(), "note": args.note})
+                            "validation": args.validation, "date": date.today().isoformat(), "note": args.note,
+                            "machine": cpu_label(), "machine_key": here})
                 Path(args.results).mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(rec, indent=1) + "\n")
                 print(f"{name} {budget:g} min seed {seed}: few-label {rec['few_label']:.4f} (random init "
@@ -269,17 +279,29 @@ def main() -> None:
     publish(args)
 
 
+def by_machine(recs: list[dict]) -> dict[str | None, list[dict]]:
+    """Records grouped by the CPU they ran on (None: made before machines were recorded)."""
+    out: dict[str | None, list[dict]] = {}
+    for rec in recs:
+        out.setdefault(rec.get("machine_key"), []).append(rec)
+    return out
+
+
 def publish(args) -> None:
-    recs = records(args.results, args.data, args.validation)
-    if not recs:
-        return
-    key = f"quality-at-budget-{args.data}" + ("-validation" if args.validation else "")
-    png = Path(args.images) / f"{key}.png"
-    curve_png(recs, args.data, args.validation, png)
-    body = table(recs, args.data, args.validation) + f"\n\n![accuracy against CPU-minutes](images/{png.name})"
-    print(body)
-    title = f"Quality per CPU-minute on {args.data}" + (" (validation split)" if args.validation else "")
-    write_section(key, title, body)
+    """One section and one curve per machine: minutes on different CPUs are different amounts of training."""
+    for machine, recs in by_machine(records(args.results, args.data, args.validation)).items():
+        key = f"quality-at-budget-{args.data}" + ("-validation" if args.validation else "") + \
+            (f"-{machine}" if machine else "")
+        png = Path(args.images) / f"{key}.png"
+        curve_png(recs, args.data, args.validation, png)
+        body = table(recs, args.data, args.validation) + f"\n\n![accuracy against CPU-minutes](images/{png.name})"
+        print(body)
+        title = (f"Quality per CPU-minute on {args.data}" + (" (validation split)" if args.validation else "") +
+                 (f", {recs[0]['machine']}" if machine else ", machine not recorded (before 2026-12-07)"))
+        days = sorted({r["date"] for r in recs})
+        where = recs[0]["machine"] if machine else "not recorded (2 CPU cores, AMD EPYC; the generation unknown)"
+        write_section(key, title, body, machine_line=f"{where} (where the records were measured)",
+                      dates=days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}")
 
 
 if __name__ == "__main__":

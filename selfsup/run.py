@@ -29,6 +29,7 @@ from selfsup.data.sources import ImageSet
 from selfsup.data.splits import few_label_split, held_out_rows, holdout, seeded_subset
 from selfsup.errors import SelfSupError
 from selfsup.evaluate.protocol import PROTOCOLS, evaluate
+from selfsup.hardware import cpu_label
 from selfsup.methods import METHODS, Method
 from selfsup.nets.backbones import build_backbone, default_width, resolved_options
 from selfsup.nets.encoders import adapt_channels
@@ -258,6 +259,7 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": __import__("torchvision").__version__, "numpy": __import__("numpy").__version__,
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_label(),
         "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16_native(), "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

@@ -39,6 +39,8 @@ def test_run_produces_a_complete_run_folder(tmp_path):
     torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] == torch.__version__
+    from selfsup.hardware import cpu_label
+    assert env["cpu"] == cpu_label() and "cores" in env["cpu"]  # which CPU: minutes mean different work on others
 
     # Evaluate again with other labels; the same split seed gives the same numbers for the same labels.
     r2 = selfsup("eval", str(out), "--labels", "50", "--protocols", "few-label")

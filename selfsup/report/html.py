@@ -32,7 +32,7 @@ PROTOCOLS = {"knn": "knn", "linear": "linear", "few_label": "few-label", "cluste
 SECTIONS = (("summary", "Summary"), ("results", "Results"), ("curves", "Training curves"),
             ("retrieval", "Retrieval"), ("tsne", "t-SNE"), ("clusters", "Clusters"), ("figures", "Method figures"),
             ("config", "Configuration"), ("environment", "Environment"))
-ENV_ORDER = ("selfsup", "git_revision", "python", "torch", "torchvision", "numpy", "platform", "processor",
+ENV_ORDER = ("selfsup", "git_revision", "python", "torch", "torchvision", "numpy", "platform", "processor", "cpu",
              "cpu_count", "torch_threads", "device", "cuda", "command", "started")
 
 
