@@ -26,6 +26,7 @@ from report import write_section  # noqa: E402
 from throughput import time_steps, training_step  # noqa: E402
 
 from selfsup.data import sources  # noqa: E402
+from selfsup.hardware import cpu_key, cpu_label  # noqa: E402
 from selfsup.precision import cpu_bf16_native  # noqa: E402
 
 
@@ -102,7 +103,10 @@ def main() -> None:
         *rows,
     ])
     print(body)
-    write_section(f"efficiency-{args.method}", f"Compute efficiency of a {args.method} step", body)
+    # One section per kind of CPU. Older sections (no CPU in the key) name only "AMD EPYC"; the vicreg one had
+    # native bf16, so a Zen 4 or later.
+    write_section(f"efficiency-{args.method}-{cpu_key()}", f"Compute efficiency of a {args.method} step, {cpu_label()}",
+                  body)
 
 
 if __name__ == "__main__":
