@@ -5,8 +5,10 @@
 
 Each (method, seed) is a run folder under --out (default bench/out/methods, not kept in git); a finished one is
 reused. Its numbers are also written to bench/results/methods/ (kept in git, a few hundred bytes each), so the table
-is built over several sessions and machines even when bench/out/ is gone. The table is rewritten into
-docs/benchmarks.md (section methods-table) after every finished run, with every row recorded so far. A fixed wall-clock budget gives every method the same
+is built over several sessions even when bench/out/ is gone. A record names the kind of CPU it ran on
+(selfsup.hardware), and each kind gets its own table: a minute buys different amounts of training on different CPUs.
+The table is rewritten into docs/benchmarks.md (section methods-table-DATA-MINUTESmin-CPU) after every finished run,
+with every row recorded so far on this kind of CPU. A fixed wall-clock budget gives every method the same
 compute, whatever its cost per step; run it on an otherwise idle machine, or the budget buys fewer steps.
 """
 
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_section  # noqa: E402
 
 from selfsup.config import load_config  # noqa: E402
+from selfsup.hardware import cpu_key, cpu_label  # noqa: E402
 from selfsup.methods import METHODS  # noqa: E402
 from selfsup.run import evaluate_run, pretrain  # noqa: E402
 
@@ -74,8 +77,9 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
     cfg = load_config({"data": {"name": args.data}, "method": {"name": method},
                        "train": {"minutes": args.minutes, "seed": seed}}, overrides)
     out = run_dir(method, seed, args)
-    if record_path(method, seed, args).exists():
-        print(f"{method} seed {seed}: reusing {record_path(method, seed, args)} (delete it to measure again)")
+    recorded = record_path(method, seed, args, cpu_key())
+    if recorded.exists():
+        print(f"{method} seed {seed}: reusing {recorded} (delete it to measure again)")
         return
     if (out / "eval.json").exists():
         print(f"{method} seed {seed}: reusing {out}")
@@ -89,8 +93,18 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
     save_record({**read_row(method, seed, args, echo=True), "note": args.note})
 
 
-def record_path(method: str, seed: int, args: argparse.Namespace) -> Path:
-    return RESULTS / f"{run_dir(method, seed, args).name}.json"
+def record_path(method: str, seed: int, args: argparse.Namespace, machine: str | None = None) -> Path:
+    """The record of a run on the CPU kind `machine` (cpu_key): a budget in minutes is another amount of training on
+    another CPU, so each kind gets its own records and table. Records from before 2026-12-07 name no machine."""
+    return RESULTS / (f"{run_dir(method, seed, args).name}" + (f"-{machine}" if machine else "") + ".json")
+
+
+def machines(args: argparse.Namespace) -> list[str | None]:
+    """The CPU kinds with records of this data and budget (None: records from before machines were recorded)."""
+    found: dict[str | None, None] = {}
+    for path in sorted(RESULTS.glob(f"*-{args.data}-{args.minutes:g}min-seed*.json")):
+        found.setdefault(json.loads(path.read_text()).get("machine_key"))
+    return sorted(found, key=lambda key: (key is not None, key or ""))  # the unrecorded one first
 
 
 def save_record(row: dict) -> None:
@@ -99,6 +113,7 @@ def save_record(row: dict) -> None:
     e, t = row["eval"], row["train"]
     record = {
         "method": row["method"], "seed": row["seed"], "date": row.get("date") or datetime.date.today().isoformat(),
+        "machine": cpu_label(), "machine_key": cpu_key(),
         "overrides": row["overrides"], "pretext": row["pretext"], "note": row.get("note"),
         "train": {"steps": t["steps"], "images_per_s": t["images_per_s"], "precision": t.get("precision", "fp32")},
         "eval": {"knn": {"top1": e["knn"]["top1"]}, "linear": {"top1": e["linear"]["top1"]},
@@ -107,18 +122,19 @@ def save_record(row: dict) -> None:
     c = e.get("clustering") or {}
     if "nmi" in c:  # k-means on the frozen test features (evaluations from 2026-11-29 on)
         record["eval"]["clustering"] = {"nmi": c["nmi"], "random_init_nmi": c["random_init"]["nmi"]}
-    name = f"{row['run']}.json"
+    name = f"{row['run']}-{cpu_key()}.json"
     tmp = RESULTS / (name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(RESULTS / name)
 
 
-def finished_rows(args: argparse.Namespace) -> list[dict]:
-    """Every recorded run of this data and budget, in registry order: the table covers earlier sessions too."""
+def finished_rows(args: argparse.Namespace, machine: str | None) -> list[dict]:
+    """Every recorded run of this data and budget on one kind of CPU, in registry order: the table covers earlier
+    sessions too."""
     rows = []
     for method in METHODS:
         for seed in range(100):
-            path = record_path(method, seed, args)
+            path = record_path(method, seed, args, machine)
             if path.exists():
                 rows.append(json.loads(path.read_text()))
     return rows
@@ -219,14 +235,25 @@ def main() -> None:
     for method in [] if args.table_only else methods:
         for seed in args.seeds:
             run_one(method, seed, args)
-            write_section(f"methods-table-{args.data}-{args.minutes:g}min",
-                          f"Every method at {args.minutes:g} minutes on {args.data}", table(finished_rows(args), args))
-    rows = finished_rows(args)
-    if not rows:
+            publish(args, cpu_key())
+    if not machines(args):
         p.error(f"no recorded runs in {RESULTS} for {args.data} at {args.minutes:g} minutes")
-    write_section(f"methods-table-{args.data}-{args.minutes:g}min",
-                  f"Every method at {args.minutes:g} minutes on {args.data}", table(rows, args))
-    print(table(rows, args))
+    for machine in machines(args):
+        print(publish(args, machine))
+
+
+def publish(args: argparse.Namespace, machine: str | None) -> str:
+    """Rewrite the table of one kind of CPU in docs/benchmarks.md; returns it."""
+    rows = finished_rows(args, machine)
+    if not rows:  # records of methods no longer registered
+        return ""
+    days = sorted({r["date"] for r in rows})
+    where = rows[0]["machine"] if machine else "not recorded (2 CPU cores, AMD EPYC; the generation unknown)"
+    title = f"Every method at {args.minutes:g} minutes on {args.data}" + (f", {where}" if machine else "")
+    write_section(f"methods-table-{args.data}-{args.minutes:g}min" + (f"-{machine}" if machine else ""), title,
+                  table(rows, args), machine_line=f"{where} (where the records were measured)",
+                  dates=days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}")
+    return table(rows, args)
 
 
 if __name__ == "__main__":

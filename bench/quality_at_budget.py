@@ -8,10 +8,12 @@ selfsup recipe and for lightly's SimCLR recipe, run by this one script on the sa
 Each (recipe, budget, seed) pretrains for the budget (wall clock, on an otherwise idle machine), then the frozen
 backbone is evaluated with selfsup's protocol (kNN, linear probe on all labels, few-label with its random-init and
 from-scratch baselines); evaluation time is reported, not counted in the budget. Results are kept in
-bench/results/quality/ (in git, a few hundred bytes each), so the table and the curve grow over sessions; a
-recorded (recipe, budget, seed) is not run again. --validation scores on held-out training images instead of
-the test split (data.validation): for choosing settings; those rows go to their own section and curve.
-Writes docs/benchmarks.md (section quality-at-budget-DATA[-validation]) and docs/images/quality-at-budget-DATA.png.
+bench/results/quality/ (in git, a few hundred bytes each), so the table and the curve grow over sessions. A
+record names the kind of CPU it was measured on (selfsup.hardware: a minute of a Zen 1 trains 2.7x less than a
+minute of a Zen 4); a recorded (recipe, budget, seed, CPU kind) is not run again, and each kind of CPU gets its own
+table and curve. --validation scores on held-out training images instead of the test split (data.validation): for
+choosing settings; those rows go to their own sections and curves. Writes docs/benchmarks.md (sections
+quality-at-budget-DATA[-validation]-CPU) and docs/images/quality-at-budget-DATA[-validation]-CPU.png.
 """
 
 from __future__ import annotations
@@ -181,7 +183,8 @@ def table(recs: list[dict], data: str, validation: float | None) -> str:
     if noted:
         # The usual note once, the exceptions by recipe and seed.
         common = collections.Counter(r["note"] for r in noted).most_common(1)[0][0]
-        others = [f"{r['name']} seed {r['seed']}: {r['note']}" for r in noted if r["note"] != common]
+        others = [f"{r['name']} {r['budget']:g} min seed {r['seed']}: {r['note']}" for r in noted
+                  if r["note"] != common]
         lines += ["", f"Notes: {common}" + (f" (except as noted); {'; '.join(others)}" if others else "") + "."]
     return "\n".join(lines)
 

@@ -107,3 +107,41 @@ def test_quality_records_are_kept_and_published_per_machine(tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [
         "quality-at-budget-fashion-mnist-amd-epyc-f23m1-avx2-2c.png",
         "quality-at-budget-fashion-mnist-amd-epyc-f25m17-avx512bf16-2c.png", "quality-at-budget-fashion-mnist.png"]
+
+
+def test_methods_table_keeps_one_table_per_machine(tmp_path, monkeypatch):
+    """bench/methods_table.py: the same per-machine split for the every-method table."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import methods_table as m
+    import report
+
+    doc = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(report, "DOC", doc)
+    monkeypatch.setattr(m, "RESULTS", tmp_path)
+
+    class Args:
+        data, minutes, out = "fashion-mnist", 10.0, str(tmp_path / "out")
+
+    def record(method, few, machine):
+        return {"method": method, "seed": 0, "date": "2026-12-07", "overrides": [], "pretext": None, "note": None,
+                "train": {"steps": 5, "images_per_s": 50.0, "precision": "fp32"},
+                "eval": {"knn": {"top1": 0.7}, "linear": {"top1": 0.8},
+                         "few_label": {"labels": 200, "ssl": few, "random_init": 0.6, "supervised_scratch": 0.7}},
+                **({"machine": f"label of {machine}", "machine_key": machine} if machine else {})}
+
+    for method, few, machine in (("simclr", 0.71, None), ("simclr", 0.61, "zen1-2c"), ("vicreg", 0.62, "zen1-2c")):
+        path = m.record_path(method, 0, Args, machine)
+        path.write_text(json.dumps(record(method, few, machine)))
+    assert m.record_path("simclr", 0, Args, "zen1-2c").name == "simclr-fashion-mnist-10min-seed0-zen1-2c.json"
+    assert m.machines(Args) == [None, "zen1-2c"]
+    assert [r["method"] for r in m.finished_rows(Args, "zen1-2c")] == ["simclr", "vicreg"]
+    assert [r["method"] for r in m.finished_rows(Args, None)] == ["simclr"]
+    for machine in m.machines(Args):
+        m.publish(Args, machine)
+    text = doc.read_text()
+    zen1 = text[text.index("<!-- methods-table-fashion-mnist-10min-zen1-2c -->"):]
+    old = text[text.index("<!-- methods-table-fashion-mnist-10min -->"):
+               text.index("<!-- /methods-table-fashion-mnist-10min -->")]
+    assert "## Every method at 10 minutes on fashion-mnist, label of zen1-2c" in zen1 and "| 61.0 |" in zen1
+    assert "| 71.0 |" not in zen1 and "| 71.0 |" in old and "| vicreg |" not in old
+    assert "- machine: not recorded" in old
