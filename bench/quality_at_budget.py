@@ -221,6 +221,7 @@ def curve_png(recs: list[dict], data: str, validation: float | None, path: Path)
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["budget"] for r in recs}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())  # the budgets are the only labels
         ax.set_xlabel("pretraining budget (CPU minutes, 2 cores)")
         ax.set_ylabel(f"top-1 % ({'validation' if validation else 'test'})")
         ax.set_title(title)
