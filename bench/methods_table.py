@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_section  # noqa: E402
+from report import write_records_section  # noqa: E402
 
 from selfsup.config import load_config  # noqa: E402
 from selfsup.hardware import cpu_key, cpu_label  # noqa: E402
@@ -247,12 +247,9 @@ def publish(args: argparse.Namespace, machine: str | None) -> str:
     rows = finished_rows(args, machine)
     if not rows:  # records of methods no longer registered
         return ""
-    days = sorted({r["date"] for r in rows})
-    where = rows[0]["machine"] if machine else "not recorded (2 CPU cores, AMD EPYC; the generation unknown)"
-    title = f"Every method at {args.minutes:g} minutes on {args.data}" + (f", {where}" if machine else "")
-    write_section(f"methods-table-{args.data}-{args.minutes:g}min" + (f"-{machine}" if machine else ""), title,
-                  table(rows, args), machine_line=f"{where} (where the records were measured)",
-                  dates=days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}")
+    title = f"Every method at {args.minutes:g} minutes on {args.data}" + (f", {rows[0]['machine']}" if machine else "")
+    write_records_section(f"methods-table-{args.data}-{args.minutes:g}min" + (f"-{machine}" if machine else ""),
+                          title, table(rows, args), rows)
     return table(rows, args)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_section  # noqa: E402
+from report import write_records_section  # noqa: E402
 
 from selfsup.config import load_config  # noqa: E402
 from selfsup.hardware import cpu_key, cpu_label  # noqa: E402
@@ -302,10 +302,7 @@ def publish(args) -> None:
         print(body)
         title = (f"Quality per CPU-minute on {args.data}" + (" (validation split)" if args.validation else "") +
                  (f", {recs[0]['machine']}" if machine else ", machine not recorded (before 2026-12-07)"))
-        days = sorted({r["date"] for r in recs})
-        where = recs[0]["machine"] if machine else "not recorded (2 CPU cores, AMD EPYC; the generation unknown)"
-        write_section(key, title, body, machine_line=f"{where} (where the records were measured)",
-                      dates=days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}")
+        write_records_section(key, title, body, recs)
 
 
 if __name__ == "__main__":

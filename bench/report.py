@@ -38,3 +38,12 @@ def write_section(key: str, title: str, body: str, machine_line: str | None = No
     pattern = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     DOC.write_text(text)
+
+
+def write_records_section(key: str, title: str, body: str, records: list[dict]) -> None:
+    """write_section for a table of records kept over sessions: its date and machine lines say when and on which CPU
+    the records were measured (records from before 2026-12-07 name no CPU)."""
+    days = sorted({r["date"] for r in records})
+    where = records[0].get("machine") or "not recorded (2 CPU cores, AMD EPYC; the generation unknown)"
+    write_section(key, title, body, machine_line=f"{where} (where the records were measured)",
+                  dates=days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}")
