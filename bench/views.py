@@ -22,6 +22,7 @@ import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Dataset
 
+from selfsup.views import kernels
 from selfsup.views.recipes import ViewsConfig, build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,8 +60,10 @@ def torchvision_pipeline(cfg: ViewsConfig, channels: int, size: int) -> T.Transf
     return T.Compose(steps)
 
 
-def bench_recipe(images: torch.Tensor, size: int, batch: int, batches: int) -> float:
-    """Images per second of the batched simclr recipe (two views per image)."""
+def bench_recipe(images: torch.Tensor, size: int, batch: int, batches: int, path: str = "build") -> float:
+    """Images per second of the batched simclr recipe (two views per image); path: "build" for the fused C++
+    kernels, "off" for the PyTorch ops (selfsup.views.kernels)."""
+    kernels.set_mode(path)
     recipe = build(ViewsConfig(), images.shape[1], size)
     g = torch.Generator().manual_seed(0)
     recipe(images[:batch], g)  # warm-up: first calls allocate
@@ -171,31 +174,44 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    kernels.build()  # compiled once per machine; the timing below never includes it
+    print(f"view kernels ready in {time.perf_counter() - start:.0f} s ({kernels.build_dir()})")
     print(f"simclr views, batch {args.batch}, images/s (2 views each); recipe on {torch.get_num_threads()} "
           f"thread(s), torchvision v2 per sample in {args.workers} DataLoader workers")
-    print(f"{'size':>5} {'ch':>3} {'recipe':>10} {'torchvision':>12} {'speed-up':>9}")
+    print(f"{'size':>5} {'ch':>3} {'kernels':>10} {'torch ops':>10} {'torchvision':>12} {'speed-up':>9}")
     rows = []
     for size in args.sizes:
         for c in args.channels:
             images = torch.randint(0, 256, (4 * args.batch, c, size, size), dtype=torch.uint8,
                                    generator=torch.Generator().manual_seed(0))
-            ours = bench_recipe(images, size, args.batch, args.batches)
+            fused = bench_recipe(images, size, args.batch, args.batches, "build")
+            plain = bench_recipe(images, size, args.batch, args.batches, "off")
             theirs = bench_torchvision(images, size, args.batch, max(2, args.batches // 3), args.workers)
-            print(f"{size:>5} {c:>3} {ours:>10.0f} {theirs:>12.0f} {ours / theirs:>8.1f}x", flush=True)
+            print(f"{size:>5} {c:>3} {fused:>10.0f} {plain:>10.0f} {theirs:>12.0f} {fused / theirs:>8.1f}x",
+                  flush=True)
             if args.stages:
-                spent = stage_times(images, size, args.batch, args.batches)
-                total = sum(spent.values())
-                print("      " + ", ".join(f"{name} {1000 * t:.1f} ms ({100 * t / total:.0f}%)"
-                                          for name, t in spent.items()), flush=True)
-            rows.append(f"| {size} | {c} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.1f}x |")
+                for path in ("build", "off"):
+                    kernels.set_mode(path)
+                    spent = stage_times(images, size, args.batch, args.batches)
+                    total = sum(spent.values())
+                    print(f"      {'kernels' if path == 'build' else 'torch ops'}: " + ", ".join(
+                        f"{name} {1000 * t:.1f} ms ({100 * t / total:.0f}%)" for name, t in spent.items()),
+                        flush=True)
+            rows.append(f"| {size} | {c} | {fused:.0f} | {plain:.0f} | {theirs:.0f} | {fused / theirs:.1f}x | "
+                        f"{plain / theirs:.1f}x |")
+    kernels.set_mode(None)
     views_s, step_s = step_share(args.data, args.batch, args.steps)
     share = f"Share of a SimCLR training step spent in views ({args.data}, batch {args.batch}, default backbone " \
             f"small-cnn): {1000 * views_s:.1f} ms of {1000 * step_s:.0f} ms = {100 * views_s / step_s:.1f}%."
     print(share)
     write_section("views", "Views: batched simclr recipe against torchvision.transforms.v2 per sample", "\n".join([
         f"Images/s (two views each), batch {args.batch}; the recipe on {torch.get_num_threads()} thread(s) in the "
-        f"training process, torchvision v2 per sample in {args.workers} DataLoader workers. Random uint8 inputs.",
-        "", "| size | channels | selfsup recipe | torchvision v2 | speed-up |", "|---|---|---|---|---|", *rows, "",
+        f"training process, torchvision v2 per sample in {args.workers} DataLoader workers. Random uint8 inputs. "
+        "Kernels: the recipe with its fused C++ kernels (selfsup/views/kernels.py, the default once built); torch "
+        "ops: the same recipe with SELFSUP_VIEW_KERNELS=off.",
+        "", "| size | channels | recipe, kernels | recipe, torch ops | torchvision v2 | speed-up, kernels | "
+        "speed-up, torch ops |", "|---|---|---|---|---|---|---|", *rows, "",
         share, "", LARGE_IMAGES]))
 
 

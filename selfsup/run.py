@@ -36,6 +36,7 @@ from selfsup.nets.encoders import adapt_channels
 from selfsup.precision import cpu_bf16_native, describe_precision
 from selfsup.report.html import split_name
 from selfsup.train import TrainResult, check_batch, resolve_device, train
+from selfsup.views import kernels as view_kernels
 from selfsup.views.recipes import Recipe, build as build_views
 
 
@@ -262,6 +263,7 @@ def environment(device: torch.device) -> dict:
         "cpu": cpu_label(),
         "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16_native(), "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "view_kernels": view_kernels.describe() if device.type == "cpu" else None,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "started": datetime.now().isoformat(timespec="seconds"),

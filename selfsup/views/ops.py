@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.errors import SelfSupError
+from selfsup.views import kernels
 
 Range = float | tuple[float, float]
 
@@ -114,6 +115,11 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int | tuple[int, int], flip: Te
     B, _, H, W = x.shape
     oh, ow = _pair(size)
     boxes = boxes.to(device=x.device, dtype=torch.float32).reshape(B, 4)
+    fused = kernels.usable(x)
+    if fused is not None:  # the same arithmetic in one C++ pass per image (views/kernels.py)
+        out = x.new_empty((B, x.shape[1], oh, ow))
+        fused.resized_crop_into(x, boxes, out, _mirror(flip))
+        return out
     top, left, h, w = boxes.unbind(1)
 
     def axis(start: Tensor, length: Tensor, n_out: int, n_in: int) -> Tensor:
@@ -127,6 +133,10 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int | tuple[int, int], flip: Te
         gx = torch.where(flip.to(x.device).view(B, 1), gx.flip(1), gx)
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (B, oh, ow, 2) as (x, y)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _mirror(flip: Tensor | None) -> Tensor:
+    return flip.to(device="cpu", dtype=torch.uint8) if flip is not None else torch.empty(0, dtype=torch.uint8)
 
 
 def crop_boxes(g: torch.Generator, n: int, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
@@ -181,9 +191,28 @@ def random_resized_crop(x: Tensor, g: torch.Generator, size: int | tuple[int, in
     """
     x = _check(x)
     B, _, H, W = x.shape
-    boxes = crop_boxes(g, B, H, W, scale, ratio, x.device)
-    flip = _coins(g, B, flip_p, x.device) if flip_p > 0 else None
+    boxes, flip = _crop_draws(g, B, H, W, scale, ratio, flip_p, x.device)
     return resized_crop(x, boxes, size, flip)
+
+
+def _crop_draws(g: torch.Generator, n: int, height: int, width: int, scale: tuple[float, float],
+                ratio: tuple[float, float], flip_p: float, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    boxes = crop_boxes(g, n, height, width, scale, ratio, device)
+    return boxes, (_coins(g, n, flip_p, device) if flip_p > 0 else None)
+
+
+def random_resized_crop_uint8_into(images: Tensor, g: torch.Generator, out: Tensor,
+                                   scale: tuple[float, float] = (0.08, 1.0),
+                                   ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.0) -> Tensor:
+    """random_resized_crop(images / 255, ...) written into `out` (B, C, size, size): the same draws and views,
+    without the float copy of the input. Needs the C++ kernels (kernels.get()); the recipes use it on the CPU."""
+    fused = kernels.get()
+    if fused is None:
+        raise SelfSupError("random_resized_crop_uint8_into needs the view kernels (python -m selfsup.views.kernels)")
+    B, _, H, W = images.shape
+    boxes, flip = _crop_draws(g, B, H, W, scale, ratio, flip_p, images.device)
+    fused.resized_crop_into(images.contiguous(), boxes.float(), out, _mirror(flip))
+    return out
 
 
 def multicrop_sizes(size: int) -> tuple[int, int]:
@@ -300,6 +329,11 @@ def random_grayscale(x: Tensor, g: torch.Generator, p: float = 0.2, inplace: boo
     apply = _coins(g, x.shape[0], p, x.device)
     if x.shape[1] == 1:
         return x
+    fused = kernels.usable(x)
+    if fused is not None:  # in C++ (views/kernels.py), only on the samples it applies to
+        out = x if inplace else x.clone()
+        fused.gray_(out, apply)
+        return out
     # luma broadcasts over the channels, not repeated; lerp is exact at weights 0 and 1 (see _where).
     weight = apply.to(x.dtype).view(-1, 1, 1, 1)
     return x.lerp_(luma(x), weight) if inplace else torch.lerp(x, luma(x), weight)
@@ -403,6 +437,11 @@ def jitter(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, 
     factors = torch.stack([brightness, contrast, saturation, torch.ones_like(brightness)], 1).to(dev, torch.float32)
     hue = hue.to(dev, torch.float32)
     order = order.to(dev).long()
+    fused = kernels.usable(x)
+    if fused is not None:  # every round of every sample in one C++ pass per image (views/kernels.py)
+        out = x if inplace else x.clone()
+        fused.jitter_(out, torch.cat([factors[:, :3], hue.view(B, 1)], 1), order)
+        return out
     if C == 1:
         order = torch.where(order == 2, 3, order)  # saturation is a no-op on one channel; hue is skipped below
     out = x if inplace else torch.empty_like(x)  # every round writes here: one buffer, not one per round
@@ -499,6 +538,11 @@ def blur(x: Tensor, sigma: float | Tensor, kernel_size: int) -> Tensor:
         raise SelfSupError(f"blur kernel size must be odd and positive, got {k}")
     if k // 2 >= min(H, W):
         raise SelfSupError(f"blur kernel {k} is too large for {H}x{W} images (reflect padding needs k // 2 < side)")
+    fused = kernels.usable(x)
+    if fused is not None:  # the same kernel and padding in C++ (views/kernels.py)
+        y = x.clone()
+        fused.blur_(y, _per_sample(sigma, B, x.device).view(B), torch.ones(B, dtype=torch.uint8), k)
+        return y
     s = _per_sample(sigma, B, x.device).view(B, 1)
     t = torch.arange(k, device=x.device, dtype=torch.float32) - (k - 1) / 2
     w = torch.softmax(-0.5 * (t / s) ** 2, dim=1)  # normalized exp(-t^2 / 2 sigma^2), overflow-safe
@@ -524,6 +568,11 @@ def gaussian_blur(x: Tensor, g: torch.Generator, sigma: tuple[float, float] = (0
     k = blur_kernel_size(min(H, W)) if kernel_size is None else int(kernel_size)
     s = _uniform(g, B, float(sigma[0]), float(sigma[1]), x.device)
     apply = _coins(g, B, p, x.device)
+    fused = kernels.usable(x)
+    if fused is not None and k % 2 == 1 and k // 2 < min(H, W):  # else blur() names the problem
+        out = x if inplace else x.clone()
+        fused.blur_(out, s, apply, k)
+        return out
     return _on_subset(x, apply, lambda xs, idx: blur(xs, s[idx], k), inplace)
 
 

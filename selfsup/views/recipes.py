@@ -18,7 +18,7 @@ import torch
 
 from selfsup.config import opt
 from selfsup.errors import SelfSupError
-from selfsup.views import ops
+from selfsup.views import kernels, ops
 
 # A stage may overwrite its input: a recipe only passes it batches the recipe made itself.
 Stage = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -142,6 +142,10 @@ class Recipe:
             # fast at 96 px as one pass over the whole batch. A loop over chunks, not samples.
             per_image = 4 * images.shape[1] * max(images.shape[-2] * images.shape[-1], group.size ** 2)
             chunk = max(1, CPU_CHUNK_BYTES // per_image)
+            crop = group.stages[0]
+            if (getattr(crop, "func", None) is ops.random_resized_crop and crop.keywords.get("size") == group.size
+                    and kernels.get() is not None):
+                return self._run_kernels(group, images, generator, chunk)
         if chunk >= total:
             x = _to_float(images.repeat(group.count, 1, 1, 1))
             for stage in group.stages:
@@ -168,6 +172,27 @@ class Recipe:
                 x = stage(x, generator)
             if not views:
                 views = [x.new_empty((n, *x.shape[1:])) for _ in range(group.count)]
+            for view, a, b in _spans(start, end, n):
+                views[view][a:b] = x[view * n + a - start:view * n + b - start]
+        return views
+
+
+    def _run_kernels(self, group: ViewGroup, images: torch.Tensor, generator: torch.Generator,
+                     chunk: int) -> list[torch.Tensor]:
+        """_run's chunk loop with the C++ kernels (views/kernels.py): the crop reads the uint8 images directly,
+        and the same chunks draw the same parameters, so the views are _run's up to float rounding."""
+        crop, rest = group.stages[0], group.stages[1:]
+        n, total, size = len(images), group.count * len(images), group.size
+        views = [torch.empty((n, images.shape[1], size, size)) for _ in range(group.count)]
+        scratch = torch.empty((min(chunk, total), images.shape[1], size, size))
+        kw = {k: v for k, v in crop.keywords.items() if k != "size"}
+        for start in range(0, total, chunk):
+            end = min(start + chunk, total)
+            pieces = [images[a:b] for _, a, b in _spans(start, end, n)]
+            x = ops.random_resized_crop_uint8_into(pieces[0] if len(pieces) == 1 else torch.cat(pieces), generator,
+                                                   scratch[:end - start], **kw)
+            for stage in rest:
+                x = stage(x, generator)
             for view, a, b in _spans(start, end, n):
                 views[view][a:b] = x[view * n + a - start:view * n + b - start]
         return views
