@@ -176,7 +176,6 @@ class Recipe:
                 views[view][a:b] = x[view * n + a - start:view * n + b - start]
         return views
 
-
     def _run_kernels(self, group: ViewGroup, images: torch.Tensor, generator: torch.Generator,
                      chunk: int) -> list[torch.Tensor]:
         """_run's chunk loop with the C++ kernels (views/kernels.py): the crop reads the uint8 images directly,
